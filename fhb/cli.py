@@ -1,0 +1,152 @@
+"""The ``fhb`` command line: thin commands that parse options and call one function in ``stages``.
+
+Heavy imports (torch, zarr, dask) happen inside the commands so ``fhb --help`` is instant.
+Failures the user can fix (:class:`fhb.errors.FhbError`) print one red line and exit with 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fhb import __version__
+from fhb.errors import FhbError
+
+app = typer.Typer(
+    name="fhb",
+    help="FitHuBERT distillation around a feature lake: run the teacher once, train students from cached targets.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"fhb {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        Optional[bool],
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    from fhb.pipeline.logging_setup import setup_logging
+
+    setup_logging(verbose)
+
+
+@app.command("random-teacher")
+def random_teacher(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (.pt).")],
+    arch: Annotated[str, typer.Option(help="hubert-base, hubert-large, wav2vec2-base, wav2vec2-large, tiny, tiny-wav2vec2.")] = "tiny",
+    seed: Annotated[int, typer.Option(help="Weight initialisation seed.")] = 0,
+) -> None:
+    """Write a random-weight teacher in fairseq's checkpoint layout (for trying fhb without weights)."""
+    from fhb.stages.teacher_info import write_random_teacher
+
+    write_random_teacher(out, arch, seed)
+
+
+@app.command("teacher-info")
+def teacher_info(
+    teacher: Annotated[Path, typer.Argument(help="fairseq HuBERT / wav2vec 2.0 checkpoint.")],
+    libri_root: Annotated[Optional[Path], typer.Option(help="Run the teacher on this LibriSpeech root.")] = None,
+    split: Annotated[str, typer.Option(help="Split to run on with --libri-root.")] = "dev-clean",
+    limit: Annotated[int, typer.Option(help="Utterances to run with --libri-root.")] = 4,
+) -> None:
+    """Load a teacher without fairseq, print its architecture, and optionally run it on a few utterances."""
+    from fhb.stages.teacher_info import describe_teacher
+
+    describe_teacher(teacher, libri_root, split, limit)
+
+
+@app.command()
+def extract(
+    teacher: Annotated[Path, typer.Option(help="fairseq HuBERT / wav2vec 2.0 checkpoint (.pt).")],
+    libri_root: Annotated[Path, typer.Option(help="LibriSpeech root (or the folder holding LibriSpeech/).")],
+    out: Annotated[Path, typer.Option(help="The lake directory to write (rerun to resume).")],
+    splits: Annotated[str, typer.Option(help="Comma-separated splits, e.g. train-clean-100,dev-clean.")] = "train-clean-100,dev-clean",
+    layers: Annotated[str, typer.Option(help="'all' or teacher layers like 1,4,8,12.")] = "all",
+    cnn_features: Annotated[bool, typer.Option("--cnn-features", help="Also store post_extract_proj output.")] = False,
+    dtype: Annotated[str, typer.Option(help="float16, bfloat16, int8 or float32.")] = "float16",
+    shard_hours: Annotated[float, typer.Option(help="Audio per shard (one task each).")] = 1.0,
+    batch_seconds: Annotated[float, typer.Option(help="Padded audio per teacher batch.")] = 200.0,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    precision: Annotated[str, typer.Option(help="Teacher precision: fp32, or fp16/bf16 on cuda.")] = "fp32",
+    workers: Annotated[Optional[int], typer.Option(help="Local dask worker processes (0: in-process).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="torch threads per worker.")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="Existing dask scheduler, tcp://host:8786.")] = None,
+    on_bad_audio: Annotated[str, typer.Option(help="error: stop at a bad file; skip: list and skip it.")] = "error",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a lake of another teacher/layers/dtype.")] = False,
+) -> None:
+    """Stage one: run the teacher once over LibriSpeech and write every layer to a Zarr lake."""
+    from fhb.stages.extract import run_extract
+    from fhb.stages.lake_views import extract_progress, print_extract_summary
+
+    with extract_progress(out) as progress:
+        summary = run_extract(
+            teacher, libri_root, _split_list(splits), out, layers=layers, cnn_features=cnn_features,
+            dtype=dtype, shard_hours=shard_hours, batch_seconds=batch_seconds, device=device,
+            precision=precision, workers=workers, threads=threads, scheduler=scheduler,
+            on_bad_audio=on_bad_audio, overwrite=overwrite, progress=progress,
+        )
+    print_extract_summary(summary)
+
+
+@app.command()
+def inspect(lake: Annotated[Path, typer.Argument(help="A lake written by fhb extract.")]) -> None:
+    """Per split: utterances, hours, shards, layers, dtype, bytes on disk, bytes per frame per layer."""
+    from fhb.stages.lake_views import inspect_lake
+
+    inspect_lake(lake)
+
+
+@app.command()
+def verify(lake: Annotated[Path, typer.Argument(help="A lake written by fhb extract.")]) -> None:
+    """Check every shard, index, frame count, chunk and checksum; exit 1 with the findings otherwise."""
+    from fhb.stages.lake_views import verify as verify_lake
+
+    if verify_lake(lake):
+        raise typer.Exit(1)
+
+
+@app.command()
+def unlock(lake: Annotated[Path, typer.Argument(help="A lake whose extraction was killed.")]) -> None:
+    """Clear the lock a killed `fhb extract` left behind (only when no fhb process uses the lake)."""
+    from fhb.storage.lock import break_lock
+
+    info = break_lock(lake)
+    typer.echo(f"cleared lock of {lake}: {info.describe()}" if info else f"{lake} was not locked")
+
+
+def _split_list(value: str) -> list[str]:
+    splits = [s.strip() for s in value.split(",") if s.strip()]
+    if not splits:
+        raise FhbError(f"--splits {value!r}: expected comma-separated split names")
+    return splits
+
+
+def main() -> None:
+    """Console-script entry point: run the app, turning user errors into one line."""
+    try:
+        app()
+    except FhbError as exc:
+        from fhb.pipeline.logging_setup import console
+
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""fhb.pipeline"""

@@ -1,0 +1,268 @@
+"""The teacher: a fairseq HuBERT / wav2vec 2.0 checkpoint rebuilt natively, without fairseq.
+
+``load_teacher(path)`` reads the checkpoint through fhb's restricted unpickler, rebuilds the
+backbone with fairseq's parameter names and loads the state dict strictly. ``Teacher.extract``
+returns every requested transformer layer per utterance, batch-invariantly: the conv front-end
+(whose first GroupNorm normalises over time, so padding would change it) runs per utterance, and
+only the transformer is batched, with a key-padding mask.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, overload
+
+import torch
+import torch.nn.functional as F
+
+from fhb.errors import FhbError
+from fhb.nn.frames import conv_output_length
+from fhb.nn.wav2vec2 import Backbone, BackboneConfig, build_backbone
+from fhb.pipeline.checkpoint_io import (
+    CheckpointError,
+    checkpoint_config,
+    checkpoint_task_config,
+    load_checkpoint,
+    sha256_file,
+)
+from fhb.pipeline.fairseq_layout import ARCHS, save_random_checkpoint
+
+__all__ = ["ARCHS", "Teacher", "load_teacher", "save_random_checkpoint"]
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_MODELS = ("hubert", "wav2vec2")
+"""fairseq model names (``cfg.model._name``) fhb can rebuild."""
+
+PRETRAINING_ONLY = ("final_proj.", "label_embs_concat", "mask_emb", "quantizer.", "project_q.", "target_glu.")
+"""State-dict keys (prefixes) used only by the pre-training objective; dropped on load."""
+
+DEFAULT_BATCH_SAMPLES = 16000 * 160
+"""Padded samples per transformer batch in :meth:`Teacher.extract` (160 s of audio)."""
+
+
+def _drop_pretraining_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if not k.startswith(PRETRAINING_ONLY)}
+
+
+@dataclass
+class Teacher:
+    """A loaded teacher. Build it with :func:`load_teacher`.
+
+    Attributes:
+        model: the backbone, in eval mode.
+        path: checkpoint file.
+        sha256: hex digest of the checkpoint file.
+        config: the checkpoint's model config (fairseq field names, plain dict).
+        arch: ``BackboneConfig`` built from it.
+        model_name: ``"hubert"`` or ``"wav2vec2"``.
+        normalize: whether fairseq's task normalised each waveform (zero mean, unit variance)
+            before the model; :meth:`prepare` does it.
+        device: where the model runs.
+        precision: ``"fp32"``, ``"fp16"`` or ``"bf16"`` (autocast on CUDA; fp32 on CPU).
+    """
+
+    model: Backbone
+    path: Path
+    sha256: str
+    config: dict[str, Any]
+    arch: BackboneConfig
+    model_name: str
+    normalize: bool
+    device: torch.device
+    precision: str = "fp32"
+    max_batch_samples: int = DEFAULT_BATCH_SAMPLES
+
+    @property
+    def num_layers(self) -> int:
+        """Transformer layers ``L`` (12 for Base)."""
+        return self.arch.encoder_layers
+
+    @property
+    def dim(self) -> int:
+        """Model dimension ``D`` (768 for Base)."""
+        return self.arch.encoder_embed_dim
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames the teacher produces for ``num_samples`` samples (conv arithmetic)."""
+        return conv_output_length(num_samples, self.arch.conv_feature_layers)
+
+    def prepare(self, wav: torch.Tensor) -> torch.Tensor:
+        """A decoded ``S`` float32 waveform -> what fairseq's model gets (normalised if the task did)."""
+        wav = wav.to(torch.float32)
+        return F.layer_norm(wav, wav.shape) if self.normalize else wav
+
+    def _layers(self, layers: Sequence[int] | None) -> list[int]:
+        if layers is None:
+            return list(range(1, self.num_layers + 1))
+        out = [int(k) for k in layers]
+        bad = [k for k in out if not 1 <= k <= self.num_layers]
+        if bad or not out:
+            raise FhbError(
+                f"layers {bad or out} are not transformer layers of this teacher: "
+                f"it has layers 1..{self.num_layers}"
+            )
+        return out
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.type == "cuda" and self.precision in ("fp16", "bf16"):
+            dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+            return torch.autocast("cuda", dtype=dtype)
+        return contextlib.nullcontext()
+
+    def _batches(self, lengths: Sequence[int]) -> Iterator[list[int]]:
+        """Indices grouped by similar length, each group under ``max_batch_samples`` padded."""
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+        batch: list[int] = []
+        for i in order:
+            longest = lengths[batch[0]] if batch else lengths[i]
+            if batch and longest * (len(batch) + 1) > self.max_batch_samples:
+                yield batch
+                batch = []
+            batch.append(i)
+        if batch:
+            yield batch
+
+    @overload
+    def extract(
+        self, wavs: Sequence[torch.Tensor], layers: Sequence[int] | None = ..., cnn_features: Literal[False] = ...
+    ) -> list[torch.Tensor]: ...
+
+    @overload
+    def extract(
+        self, wavs: Sequence[torch.Tensor], layers: Sequence[int] | None = ..., *, cnn_features: Literal[True]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]: ...
+
+    def extract(
+        self, wavs: Sequence[torch.Tensor], layers: Sequence[int] | None = None, cnn_features: bool = False
+    ) -> list[torch.Tensor] | tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Hidden states of every utterance.
+
+        Args:
+            wavs: ``S_i`` float32 waveforms at 16 kHz, the values fairseq's model gets
+                (see :meth:`prepare`).
+            layers: transformer layers, numbered ``1..num_layers`` (None: all, in order). Layer
+                ``k`` is what fairseq's ``encoder.layers[k-1]`` returns.
+            cnn_features: also return the ``post_extract_proj`` output.
+
+        Returns:
+            One float32 CPU tensor ``L x T_i x D`` per utterance, in input order; with
+            ``cnn_features`` also one ``T_i x D`` tensor per utterance.
+        """
+        wanted = self._layers(layers)
+        depth = max(wanted)
+        index = torch.tensor([k - 1 for k in wanted])
+        lengths = [int(w.shape[-1]) for w in wavs]
+        for i, (w, n) in enumerate(zip(wavs, lengths)):
+            if w.ndim != 1 or self.num_frames(n) < 1:
+                raise FhbError(
+                    f"utterance {i}: expected a 1-D waveform of at least 400 samples. Found: shape {list(w.shape)}"
+                )
+        targets: list[torch.Tensor | None] = [None] * len(wavs)
+        cnn: list[torch.Tensor | None] = [None] * len(wavs)
+        with torch.inference_mode(), self._autocast():
+            for batch in self._batches(lengths):
+                feats = [self._front_end(wavs[i]) for i in batch]
+                frames = torch.tensor([f.shape[0] for f in feats], device=self.device)
+                x = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
+                mask = None
+                if bool((frames < x.shape[1]).any()):
+                    mask = torch.arange(x.shape[1], device=self.device)[None, :] >= frames[:, None]
+                outs = torch.stack(self.model.encoder(x, mask, num_layers=depth))  # depth x B x T x D
+                outs = outs.index_select(0, index.to(self.device)).float().cpu()
+                for j, i in enumerate(batch):
+                    n = int(frames[j])
+                    targets[i] = outs[:, j, :n].contiguous()
+                    if cnn_features:
+                        cnn[i] = feats[j].float().cpu()
+        result = [t for t in targets if t is not None]
+        if cnn_features:
+            return result, [c for c in cnn if c is not None]
+        return result
+
+    def _front_end(self, wav: torch.Tensor) -> torch.Tensor:
+        """One ``S`` waveform -> ``T x D`` encoder input (conv, LayerNorm, projection)."""
+        features, _ = self.model.feature_extractor(wav.to(self.device, torch.float32).unsqueeze(0))
+        return self.model.project(features)[0]
+
+
+def _model_name(cfg: dict[str, Any], path: Path) -> str:
+    name = str(cfg.get("_name") or "")
+    if name not in SUPPORTED_MODELS:
+        hint = ""
+        if name.endswith("_ctc") or name.endswith("_seq2seq"):
+            hint = " (a fine-tuned model: use the pre-trained checkpoint it was fine-tuned from)"
+        raise CheckpointError(
+            f"{path} holds a fairseq '{name or 'unknown'}' model{hint}; fhb's teacher reads "
+            f"pre-trained {' and '.join(SUPPORTED_MODELS)} checkpoints (HuBERT Base/Large, wav2vec 2.0 Base/Large)"
+        )
+    return name
+
+
+def load_teacher(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    max_batch_samples: int = DEFAULT_BATCH_SAMPLES,
+) -> Teacher:
+    """Load a fairseq HuBERT / wav2vec 2.0 pre-training checkpoint, without fairseq.
+
+    Args:
+        path: the ``.pt`` file (fairseq trainer layout: ``cfg`` or legacy ``args``, ``model``).
+        device: where to run it.
+        precision: ``fp32``, ``fp16`` or ``bf16`` (the last two on CUDA only).
+        max_batch_samples: padded samples per transformer batch in ``extract``.
+
+    Raises:
+        CheckpointError: unreadable, hostile, truncated or unsupported checkpoints, and state
+            dicts whose keys do not match the architecture (naming the keys).
+    """
+    path = Path(path)
+    if precision not in ("fp32", "fp16", "bf16"):
+        raise FhbError(f"precision {precision!r} is not one of fp32, fp16, bf16")
+    device = torch.device(device)
+    if precision != "fp32" and device.type != "cuda":
+        raise FhbError(f"precision {precision} needs --device cuda; on {device.type} use fp32")
+    ckpt = load_checkpoint(path)
+    cfg = checkpoint_config(ckpt)
+    name = _model_name(cfg, path)
+    try:
+        arch = BackboneConfig.from_fairseq(cfg)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    model = build_backbone(arch)
+    state = _drop_pretraining_keys(ckpt["model"])
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: the weights do not match a {name} model of this config "
+            f"(missing: {missing[:5]}{'…' if len(missing) > 5 else ''}; "
+            f"unexpected: {unexpected[:5]}{'…' if len(unexpected) > 5 else ''})"
+        )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: the weights do not fit the architecture: {str(exc).splitlines()[1:2]}") from None
+    model.eval().to(device)
+    task = checkpoint_task_config(ckpt)
+    teacher = Teacher(
+        model=model,
+        path=path,
+        sha256=sha256_file(path),
+        config=dict(cfg),
+        arch=arch,
+        model_name=name,
+        normalize=bool(task.get("normalize", False)),
+        device=device,
+        precision=precision,
+        max_batch_samples=max_batch_samples,
+    )
+    log.info(
+        "loaded %s teacher %s: %d layers, dim %d, normalize=%s", name, path.name, teacher.num_layers, teacher.dim, teacher.normalize
+    )
+    return teacher

@@ -1,0 +1,324 @@
+"""Stage one, ``fhb extract``: run the teacher once over LibriSpeech and write the lake.
+
+The client scans the corpus, plans shards (about ``shard_hours`` of audio each), creates or
+reopens the lake under its lock and submits one dask task per shard that is not committed yet.
+Each worker loads the teacher once, decodes its shard's audio, runs the teacher on
+length-sorted batches of about ``batch_seconds`` and streams the targets into a
+:class:`~fhb.storage.writer.ShardWriter`, which encodes and writes on a background thread (so
+compression overlaps compute) and commits the shard atomically. Only the client updates the
+root attributes, once every shard of a split has committed. Rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fhb.errors import FhbError
+from fhb.pipeline.audio import AudioError, load_audio_int16
+from fhb.pipeline.corpus import Manifest, scan_librispeech
+from fhb.pipeline.teacher import Teacher, load_teacher
+from fhb.stages.shard_plan import ShardJob, plan_shards
+from fhb.storage.format import LakeMeta, SplitInfo, TeacherMeta
+from fhb.storage.index import ShardAttrs
+from fhb.storage.layout import is_shard_committed, read_node_attrs
+from fhb.storage.lock import LakeLock
+from fhb.storage.writer import ShardWriter, create_lake, update_split_listing
+
+log = logging.getLogger(__name__)
+
+BAD_AUDIO_POLICIES = ("error", "skip")
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """What a worker needs to extract a shard (small and picklable: sent with every task)."""
+
+    teacher: str
+    lake: str
+    layers: tuple[int, ...]
+    cnn_features: bool
+    device: str
+    precision: str
+    batch_seconds: float
+    on_bad_audio: str
+    torch_threads: int
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """What a task reports back: counts, timings and the skipped files."""
+
+    split: str
+    shard: str
+    utterances: int
+    samples: int
+    frames: int
+    teacher_seconds: float
+    wall_seconds: float
+    skipped: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class ExtractSummary:
+    """Totals of one ``fhb extract`` run (the CLI renders it as a table)."""
+
+    lake: Path
+    shards_done: int = 0
+    shards_resumed: int = 0
+    utterances: int = 0
+    samples: int = 0
+    teacher_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def hours(self) -> float:
+        """Audio extracted in this run, hours."""
+        return self.samples / 16000 / 3600
+
+
+def parse_layers(spec: str, num_layers: int) -> tuple[int, ...]:
+    """``all`` or ``1,4,8,12`` -> sorted unique teacher layers, validated against the teacher."""
+    if spec.strip().lower() == "all":
+        return tuple(range(1, num_layers + 1))
+    try:
+        layers = sorted({int(part) for part in spec.split(",") if part.strip()})
+    except ValueError:
+        raise FhbError(f"--layers {spec!r}: expected 'all' or comma-separated layer numbers like 1,4,8,12") from None
+    bad = [k for k in layers if not 1 <= k <= num_layers]
+    if bad or not layers:
+        raise FhbError(f"--layers {spec!r}: the teacher has layers 1..{num_layers}; found {bad or 'none'}")
+    return tuple(layers)
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker side
+
+
+_TEACHERS: dict[tuple[str, str, str], Teacher] = {}
+
+
+def _worker_teacher(opts: ExtractOptions) -> Teacher:
+    """The teacher of this worker process, loaded once and reused by every task it runs."""
+    key = (opts.teacher, opts.device, opts.precision)
+    if key not in _TEACHERS:
+        torch.set_num_threads(opts.torch_threads)
+        _TEACHERS[key] = load_teacher(opts.teacher, device=opts.device, precision=opts.precision)
+    return _TEACHERS[key]
+
+
+def _batches_by_seconds(lengths: Sequence[int], seconds: float) -> list[list[int]]:
+    """Consecutive length-sorted groups of about ``seconds`` of padded audio each."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    budget = int(seconds * 16000)
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and lengths[batches[-1][0]] * (len(batches[-1]) + 1) <= budget:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def extract_shard(job: ShardJob, meta: LakeMeta, opts: ExtractOptions) -> ShardResult:
+    """Extract and commit one shard (runs in a dask worker, or in-process with ``--workers 0``)."""
+    start = time.perf_counter()
+    teacher = _worker_teacher(opts)
+    teacher.max_batch_samples = int(opts.batch_seconds * 16000)
+    skipped: list[tuple[str, str]] = []
+    audio: dict[int, np.ndarray] = {}
+    for i, utt in enumerate(job.utterances):
+        try:
+            audio[i] = load_audio_int16(utt.path)
+        except AudioError as exc:
+            if opts.on_bad_audio == "error":
+                raise FhbError(f"{exc} (nothing was committed for {job.split}/{job.name}; "
+                               f"rerun with --on-bad-audio skip to leave such files out)") from None
+            skipped.append((str(utt.path), exc.reason))
+    skipped += [(str(p.path), p.reason) for p in job.problems]
+    usable = sorted(audio)
+    expected_frames = sum(teacher.num_frames(len(audio[i])) for i in usable)
+    expected_samples = sum(len(audio[i]) for i in usable)
+    teacher_seconds = 0.0
+    targets: dict[int, np.ndarray] = {}
+    cnn: dict[int, np.ndarray] = {}
+    next_to_write = 0
+    with ShardWriter(opts.lake, job.split, job.name, meta, expected_frames=expected_frames,
+                     expected_samples=expected_samples) as writer:
+        for path, reason in skipped:
+            writer.skip(Path(path).name.split(".")[0], path, reason)
+        for batch in _batches_by_seconds([len(audio[i]) for i in usable], opts.batch_seconds):
+            ids = [usable[b] for b in batch]
+            wavs = [teacher.prepare(torch.from_numpy(audio[i].astype(np.float32) / 32768.0)) for i in ids]
+            t0 = time.perf_counter()
+            if opts.cnn_features:
+                outs, feats = teacher.extract(wavs, layers=opts.layers, cnn_features=True)
+            else:
+                outs, feats = teacher.extract(wavs, layers=opts.layers), [None] * len(ids)
+            teacher_seconds += time.perf_counter() - t0
+            for i, out, feat in zip(ids, outs, feats):
+                targets[i] = out.numpy()
+                if feat is not None:
+                    cnn[i] = feat.numpy()
+            # write in manifest order as soon as the prefix is complete (bounded memory)
+            while next_to_write < len(usable) and usable[next_to_write] in targets:
+                i = usable[next_to_write]
+                utt = job.utterances[i]
+                writer.add(utt.utt_id, utt.speaker, utt.chapter, utt.transcript, audio.pop(i),
+                           targets.pop(i), cnn.pop(i, None))
+                next_to_write += 1
+        writer.commit()
+    return ShardResult(job.split, job.name, len(usable), expected_samples, expected_frames,
+                       teacher_seconds, time.perf_counter() - start, tuple(skipped))
+
+
+# ---------------------------------------------------------------------------------------------
+# Client side
+
+
+def _teacher_meta(teacher: Teacher) -> TeacherMeta:
+    config = {k: v for k, v in teacher.config.items() if isinstance(v, (str, int, float, bool, type(None), list))}
+    return TeacherMeta(name=teacher.path.name, sha256=teacher.sha256, config=config,
+                       num_layers=teacher.num_layers, dim=teacher.dim, path=str(teacher.path.resolve()))
+
+
+def _check_plan_matches(lake: Path, plans: dict[str, list[ShardJob]]) -> None:
+    """Committed shards must hold the planned utterances (same corpus, same --shard-hours)."""
+    for split, jobs in plans.items():
+        for job in jobs:
+            if not is_shard_committed(lake, split, job.name):
+                continue
+            attrs = read_node_attrs(lake / split / job.name) or {}
+            stored = list(ShardAttrs.from_attrs(attrs, f"shard {split}/{job.name}").index.utt_ids)
+            if stored != job.utt_ids:
+                raise FhbError(
+                    f"lake {lake}: committed shard {split}/{job.name} holds other utterances than "
+                    f"this run plans (was it extracted with another --shard-hours or corpus?); "
+                    f"rerun with the original options, or pass --overwrite to start over"
+                )
+
+
+def run_extract(
+    teacher: Path,
+    libri_root: Path,
+    splits: Sequence[str],
+    out: Path,
+    layers: str = "all",
+    cnn_features: bool = False,
+    dtype: str = "float16",
+    shard_hours: float = 1.0,
+    batch_seconds: float = 200.0,
+    device: str = "cpu",
+    precision: str = "fp32",
+    workers: int | None = None,
+    threads: int | None = None,
+    scheduler: str | None = None,
+    on_bad_audio: str = "error",
+    overwrite: bool = False,
+    progress: Any = None,
+) -> ExtractSummary:
+    """Extract ``splits`` of the corpus at ``libri_root`` with ``teacher`` into the lake ``out``.
+
+    Args:
+        teacher: fairseq HuBERT / wav2vec 2.0 checkpoint.
+        libri_root: LibriSpeech root (or its parent).
+        splits: split names, in order.
+        out: the lake directory (created, or reopened to resume).
+        layers: ``all`` or ``1,4,8,12`` (teacher numbering).
+        cnn_features: also store the ``post_extract_proj`` output.
+        dtype: ``float16`` (default), ``bfloat16``, ``int8`` or ``float32``.
+        shard_hours: audio per shard (one dask task each).
+        batch_seconds: padded audio per teacher batch.
+        device: ``cpu`` or ``cuda``.
+        precision: teacher precision (``fp32``; ``fp16``/``bf16`` on CUDA).
+        workers: LocalCluster worker processes (default: one per 4 cores); ``0`` runs in-process.
+        threads: torch threads per worker (default: the cores divided among the workers). Results
+            are bitwise reproducible for a fixed thread count; another count can change float16
+            targets by one unit in the last place (float32 sums in another order).
+        scheduler: address of an existing dask scheduler (instead of a LocalCluster).
+        on_bad_audio: ``error`` stops at the first unusable file; ``skip`` lists and skips it.
+        overwrite: replace a lake of another teacher / layers / dtype.
+        progress: an optional callback ``(ShardResult, done, total) -> None``.
+    """
+    from fhb.pipeline.cluster import default_workers, dask_client, threads_per_worker
+
+    if on_bad_audio not in BAD_AUDIO_POLICIES:
+        raise FhbError(f"--on-bad-audio {on_bad_audio!r}: expected one of {', '.join(BAD_AUDIO_POLICIES)}")
+    if shard_hours <= 0 or batch_seconds <= 0:
+        raise FhbError(f"--shard-hours and --batch-seconds must be positive; found {shard_hours}, {batch_seconds}")
+    if not Path(teacher).is_file():
+        raise FhbError(f"--teacher {teacher}: no such file; pass a fairseq HuBERT/wav2vec 2.0 checkpoint (.pt)")
+    started = time.perf_counter()
+    workers = default_workers() if workers is None else workers
+    manifest: Manifest = scan_librispeech(libri_root, splits)
+    if manifest.problems and on_bad_audio == "error":
+        first = manifest.problems[0]
+        raise FhbError(
+            f"{first.path}: {first.reason} ({len(manifest.problems)} unusable file(s) in the corpus; "
+            f"nothing was written); fix the file or rerun with --on-bad-audio skip"
+        )
+    client_teacher = load_teacher(teacher)
+    meta = LakeMeta(
+        teacher=_teacher_meta(client_teacher),
+        layers=parse_layers(layers, client_teacher.num_layers),
+        dtype=dtype,
+        cnn_features=cnn_features,
+        cnn_dim=client_teacher.dim if cnn_features else None,
+        splits={s: SplitInfo() for s in splits},
+    )
+    del client_teacher
+    opts = ExtractOptions(
+        teacher=str(Path(teacher).resolve()), lake=str(Path(out).resolve()), layers=meta.layers,
+        cnn_features=cnn_features, device=device, precision=precision, batch_seconds=batch_seconds,
+        on_bad_audio=on_bad_audio, torch_threads=threads or threads_per_worker(max(1, workers)),
+    )
+    plans = plan_shards(manifest, splits, shard_hours, include_problems=on_bad_audio == "skip")
+    summary = ExtractSummary(lake=Path(out))
+    with LakeLock(out):
+        meta = create_lake(out, meta, overwrite=overwrite)
+        _check_plan_matches(Path(out), plans)
+        todo = [job for split in splits for job in plans[split] if not is_shard_committed(out, split, job.name)]
+        summary.shards_resumed = sum(len(plans[s]) for s in splits) - len(todo)
+        if summary.shards_resumed:
+            log.info("resuming: %d shard(s) already committed, %d to do", summary.shards_resumed, len(todo))
+        total = len(todo)
+
+        def done(result: ShardResult) -> None:
+            summary.shards_done += 1
+            summary.utterances += result.utterances
+            summary.samples += result.samples
+            summary.teacher_seconds += result.teacher_seconds
+            summary.skipped += list(result.skipped)
+            if progress is not None:
+                progress(result, summary.shards_done, total)
+
+        if workers == 0 and scheduler is None:
+            torch.set_num_threads(opts.torch_threads)
+            for job in todo:
+                done(extract_shard(job, meta, opts))
+        elif todo:
+            from distributed import as_completed
+
+            with dask_client(workers, scheduler) as client:
+                meta_future = client.scatter(meta, broadcast=True)
+                futures = [client.submit(extract_shard, job, meta_future, opts, key=f"extract-{job.split}-{job.name}",
+                                         pure=False) for job in todo]
+                try:
+                    for future in as_completed(futures):
+                        done(future.result())
+                except BaseException:
+                    for future in futures:
+                        future.cancel()
+                    raise
+        for split in splits:
+            update_split_listing(out, split, [job.name for job in plans[split]])
+    summary.wall_seconds = time.perf_counter() - started
+    return summary

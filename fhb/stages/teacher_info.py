@@ -1,0 +1,63 @@
+"""``fhb random-teacher`` and ``fhb teacher-info``: write and inspect teachers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from rich.table import Table
+
+from fhb.errors import FhbError
+from fhb.pipeline.audio import load_audio
+from fhb.pipeline.corpus import scan_librispeech
+from fhb.pipeline.logging_setup import console
+from fhb.pipeline.teacher import ARCHS, load_teacher, save_random_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def write_random_teacher(out: Path, arch: str, seed: int) -> Path:
+    """Write a random-weight teacher of preset ``arch`` to ``out`` (fairseq layout)."""
+    if arch not in ARCHS:
+        raise FhbError(f"--arch {arch!r} is not a teacher preset; choose one of {', '.join(sorted(ARCHS))}")
+    path = save_random_checkpoint(out, arch, seed)
+    log.info("wrote random %s teacher to %s (%.1f MB)", arch, path, path.stat().st_size / 1e6)
+    return path
+
+
+def describe_teacher(path: Path, libri_root: Path | None, split: str, limit: int) -> None:
+    """Print a teacher's architecture; with ``libri_root``, run it on ``limit`` utterances."""
+    teacher = load_teacher(path)
+    table = Table(title=f"teacher {path.name}", show_header=False)
+    params = sum(p.numel() for p in teacher.model.parameters())
+    for key, value in [
+        ("model", teacher.model_name),
+        ("sha256", teacher.sha256),
+        ("parameters", f"{params / 1e6:.2f}M"),
+        ("layers", teacher.num_layers),
+        ("dim", teacher.dim),
+        ("pre-LN", teacher.arch.layer_norm_first),
+        ("extractor_mode", teacher.arch.extractor_mode),
+        ("normalize waveform", teacher.normalize),
+    ]:
+        table.add_row(key, str(value))
+    console.print(table)
+    if libri_root is None:
+        return
+    manifest = scan_librispeech(libri_root, [split])
+    utts = manifest.utterances[:limit]
+    wavs = [teacher.prepare(torch.from_numpy(load_audio(u.path))) for u in utts]
+    start = time.perf_counter()
+    outputs = teacher.extract(wavs)
+    seconds = time.perf_counter() - start
+    audio_s = sum(w.numel() for w in wavs) / 16000
+    runs = Table(title=f"{len(utts)} utterances of {split}: {audio_s:.1f} s audio in {seconds:.2f} s")
+    for col in ("utterance", "samples", "targets L x T x D", "last layer mean / std"):
+        runs.add_column(col)
+    for utt, wav, out in zip(utts, wavs, outputs):
+        last = out[-1]
+        runs.add_row(utt.utt_id, str(wav.numel()), " x ".join(map(str, out.shape)),
+                     f"{last.mean():+.3f} / {last.std():.3f}")
+    console.print(runs)

@@ -1,0 +1,50 @@
+"""fhb.storage: the feature lake (format v1).
+
+Public API::
+
+    from fhb.storage import (LakeMeta, TeacherMeta, SplitInfo, TargetCodec,   # format, codecs
+                             create_lake, ShardWriter, update_split_listing,   # writing
+                             open_lake, Lake, SplitView, ShardView, UttEntry,  # reading
+                             LakeLock, break_lock, read_lock,                  # locking
+                             verify_lake, summarize_lake, Finding)             # integrity
+
+The layout is documented in ``docs/lake-format.md``.
+"""
+
+from fhb.storage.codecs import DTYPES, TargetCodec
+from fhb.storage.format import FORMAT_VERSION, FRAME_RATE, SAMPLE_RATE, LakeMeta, SplitInfo, TeacherMeta
+from fhb.storage.integrity import Finding, LakeSummary, SplitSummary, summarize_lake, verify_lake
+from fhb.storage.layout import is_shard_committed, list_split_dir
+from fhb.storage.lock import LakeLock, LockInfo, break_lock, read_lock
+from fhb.storage.reader import Lake, ShardView, SplitView, UttEntry, open_lake
+from fhb.storage.writer import ShardWriter, create_lake, update_split_listing
+
+__all__ = [
+    "DTYPES",
+    "FORMAT_VERSION",
+    "FRAME_RATE",
+    "SAMPLE_RATE",
+    "Finding",
+    "Lake",
+    "LakeLock",
+    "LakeMeta",
+    "LakeSummary",
+    "LockInfo",
+    "ShardView",
+    "ShardWriter",
+    "SplitInfo",
+    "SplitSummary",
+    "SplitView",
+    "TargetCodec",
+    "TeacherMeta",
+    "UttEntry",
+    "break_lock",
+    "create_lake",
+    "is_shard_committed",
+    "list_split_dir",
+    "open_lake",
+    "read_lock",
+    "summarize_lake",
+    "update_split_listing",
+    "verify_lake",
+]
