@@ -1,0 +1,311 @@
+"""Checking a lake (`verify_lake`, for ``fhb verify``) and describing it (`summarize_lake`, for
+``fhb inspect``). Local filesystem lakes only (file sizes and chunk files are looked at)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import zarr
+from zarr.storage import LocalStore
+
+from fhb.errors import FhbError
+from fhb.storage.format import (
+    AUDIO_ARRAY,
+    CNN_ARRAY,
+    FramesFn,
+    LakeMeta,
+    hours,
+    layer_array_name,
+    num_chunks,
+    scale_array_name,
+)
+from fhb.storage.index import COMMITTED_ATTR, ShardAttrs, crc32
+from fhb.storage.layout import dir_size, list_split_dir, local_lake_dir, read_node_attrs
+
+logger = logging.getLogger(__name__)
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem found by `verify_lake`: where it is and what is wrong (with the fix)."""
+
+    severity: Severity
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.severity}: {self.where}: {self.message}"
+
+
+def default_frames_fn() -> FramesFn:
+    """HuBERT's conv arithmetic (``fhb.nn.frames.conv_output_length`` with its default stack)."""
+    from fhb.nn.frames import conv_output_length
+
+    return conv_output_length
+
+
+def verify_lake(
+    path: str | os.PathLike[str],
+    frames_fn: FramesFn | None = None,
+    check_chunks: bool = True,
+) -> list[Finding]:
+    """Check a lake; an empty list means it is sound.
+
+    Checks: every listed shard exists and is committed; split totals match the shards; each
+    shard's index is consistent (contiguous offsets, counts match array shapes, unique ids,
+    ``num_frames == frames_fn(num_samples)``; ``frames_fn`` defaults to HuBERT's conv stack);
+    every array has the expected dtype, shape and chunking; with ``check_chunks`` every chunk
+    exists, decodes and matches its crc32. Leftovers of interrupted writes and committed shards
+    missing from the listing are warnings. Raises `FhbError` if ``path`` is not a readable lake.
+    """
+    root = local_lake_dir(path)
+    attrs = read_node_attrs(root)
+    meta = LakeMeta.from_dict(attrs or {}, f"lake {root}")
+    frames_fn = frames_fn or default_frames_fn()
+    findings: list[Finding] = []
+    for split, info in meta.splits.items():
+        findings += _verify_split(root, meta, split, frames_fn, check_chunks)
+    for e in sorted(root.iterdir()):
+        if e.is_dir() and e.name not in meta.splits and (e / "zarr.json").is_file():
+            findings.append(Finding("warning", f"{root.name}/{e.name}",
+                                    "group is not a listed split; it is ignored by readers"))
+    for f in findings:
+        (logger.error if f.severity == "error" else logger.warning)("%s", f)
+    return findings
+
+
+def _verify_split(
+    root: Path, meta: LakeMeta, split: str, frames_fn: FramesFn, check_chunks: bool
+) -> list[Finding]:
+    info = meta.splits[split]
+    out: list[Finding] = []
+    on_disk = list_split_dir(root, split)
+    totals = np.zeros(3, dtype=np.int64)
+    seen: dict[str, str] = {}
+    for shard in info.shards:
+        where = f"{split}/{shard}"
+        d = root / split / shard
+        attrs = read_node_attrs(d)
+        if attrs is None:
+            out.append(Finding("error", where, "listed shard is missing; re-run extraction to "
+                                               "redo it"))
+            continue
+        if attrs.get(COMMITTED_ATTR) is not True:
+            out.append(Finding("error", where, "listed shard has no commit marker (readers treat "
+                                               "it as absent); re-run extraction to redo it"))
+            continue
+        try:
+            sa = ShardAttrs.from_attrs(attrs, f"shard {where}")
+        except FhbError as e:
+            out.append(Finding("error", where, str(e)))
+            continue
+        totals += (len(sa.index), sa.index.total_samples, sa.index.total_frames)
+        for u in sa.index.utt_ids:
+            if u in seen:
+                out.append(Finding("error", where, f"utterance {u!r} also in shard {seen[u]!r}; "
+                                                   f"re-extract one of them"))
+            seen[u] = shard
+        out += _verify_shard(root, meta, split, shard, sa, frames_fn, check_chunks)
+    listed = (info.utterances, info.samples, info.frames)
+    if tuple(int(t) for t in totals) != listed and not any(f.severity == "error" for f in out):
+        out.append(Finding(
+            "error", split,
+            f"listing says (utterances, samples, frames) = {listed}, shards hold "
+            f"{tuple(int(t) for t in totals)}; re-run update_split_listing (fhb extract resumes)",
+        ))
+    for shard in on_disk.committed:
+        if shard not in info.shards:
+            out.append(Finding("warning", f"{split}/{shard}", "committed shard is not listed; "
+                               "re-run `fhb extract` to resume and list it"))
+    for shard in on_disk.uncommitted + on_disk.temporary:
+        if shard not in info.shards:
+            out.append(Finding("warning", f"{split}/{shard}", "leftover of an interrupted write "
+                               "(invisible to readers); it is removed when the shard is redone"))
+    return out
+
+
+@dataclass(frozen=True)
+class _Expect:
+    name: str
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    dtype: np.dtype
+
+
+def _expected_arrays(meta: LakeMeta, sa: ShardAttrs) -> Iterator[_Expect]:
+    codec = meta.target_codec
+    t, s, c = sa.index.total_frames, sa.index.total_samples, codec.chunk_frames
+    yield _Expect(AUDIO_ARRAY, (s,), (codec.audio_chunk_samples,), np.dtype(np.int16))
+    targets = [(layer_array_name(k), meta.teacher.dim) for k in meta.layers]
+    if meta.cnn_features:
+        targets.append((CNN_ARRAY, int(meta.cnn_dim or 0)))
+    for name, dim in targets:
+        yield _Expect(name, (t, dim), (c, dim), codec.stored_dtype)
+        if codec.has_scales:
+            b = codec.scale_block_frames or c
+            yield _Expect(scale_array_name(name), (num_chunks(t, b), 2, dim), (c // b, 2, dim),
+                          np.dtype(np.float32))
+
+
+def _verify_shard(
+    root: Path,
+    meta: LakeMeta,
+    split: str,
+    shard: str,
+    sa: ShardAttrs,
+    frames_fn: FramesFn,
+    check_chunks: bool,
+) -> list[Finding]:
+    where = f"{split}/{shard}"
+    out = [Finding("error", where, f"index: {p}; re-extract the shard")
+           for p in sa.index.consistency_problems()]
+    idx = sa.index
+    bad = [(u, int(s), int(f)) for u, s, f in zip(idx.utt_ids, idx.num_samples, idx.num_frames)
+           if frames_fn(int(s)) != int(f)]
+    if bad:
+        u, s, f = bad[0]
+        out.append(Finding(
+            "error", where,
+            f"{len(bad)} utterances have num_frames != frames_fn(num_samples), e.g. {u!r}: "
+            f"{s} samples -> expected {frames_fn(s)} frames, found {f}; the targets were cut "
+            f"with other conv arithmetic: re-extract the shard",
+        ))
+    store = LocalStore(root, read_only=True)
+    for exp in _expected_arrays(meta, sa):
+        aw = f"{where}/{exp.name}"
+        try:
+            arr = zarr.open_array(store=store, path=f"{split}/{shard}/{exp.name}", mode="r",
+                                  zarr_format=3)
+        except Exception as e:  # noqa: BLE001  # any failure to open is a finding
+            out.append(Finding("error", aw, f"array missing or unreadable ({e}); re-extract the shard"))
+            continue
+        found = (tuple(arr.shape), tuple(arr.chunks), np.dtype(arr.dtype))
+        if found != (exp.shape, exp.chunks, exp.dtype):
+            out.append(Finding(
+                "error", aw,
+                f"expected shape {list(exp.shape)}, chunks {list(exp.chunks)}, dtype {exp.dtype}; "
+                f"found {list(found[0])}, {list(found[1])}, {found[2]}; re-extract the shard",
+            ))
+            continue
+        stored = sa.checksums.get(exp.name)
+        n = num_chunks(exp.shape[0], exp.chunks[0])
+        if stored is None or len(stored) != n:
+            out.append(Finding("error", aw, f"expected {n} chunk checksums, found "
+                               f"{'none' if stored is None else len(stored)}; re-extract the shard"))
+            continue
+        if check_chunks:
+            out += _verify_chunks(root / split / shard / exp.name, arr, stored, aw)
+    return out
+
+
+def _verify_chunks(adir: Path, arr: zarr.Array, stored: list[int], where: str) -> list[Finding]:
+    out = []
+    c = arr.chunks[0]
+    for i, want in enumerate(stored):
+        key = arr.metadata.encode_chunk_key((i,) + (0,) * (arr.ndim - 1))
+        if not (adir / key).is_file():
+            out.append(Finding("error", f"{where} chunk {i}", f"chunk file {key} is missing; "
+                               f"re-extract the shard"))
+            continue
+        try:
+            data = np.asarray(arr[i * c : (i + 1) * c])
+        except Exception as e:  # noqa: BLE001  # undecodable bytes
+            out.append(Finding("error", f"{where} chunk {i}", f"chunk {key} does not decode "
+                               f"({type(e).__name__}: {e}); re-extract the shard"))
+            continue
+        got = crc32(data)
+        if got != want:
+            out.append(Finding("error", f"{where} chunk {i}", f"crc32 mismatch in chunk {key}: "
+                               f"stored {want:#010x}, read {got:#010x}; re-extract the shard"))
+    return out
+
+
+@dataclass(frozen=True)
+class SplitSummary:
+    """What `summarize_lake` reports per split."""
+
+    shards: int
+    utterances: int
+    hours: float
+    frames: int
+    samples: int
+    bytes_on_disk: int
+    target_bytes: int
+    audio_bytes: int
+    bytes_per_frame_per_layer: float
+    compression_ratio: float
+
+
+@dataclass(frozen=True)
+class LakeSummary:
+    """What `summarize_lake` reports for ``fhb inspect``."""
+
+    path: str
+    format_version: int
+    fhb_version: str
+    teacher_name: str
+    teacher_sha256: str
+    layers: tuple[int, ...]
+    dim: int
+    cnn_features: bool
+    dtype: str
+    codec: dict[str, Any]
+    bytes_on_disk: int
+    splits: dict[str, SplitSummary] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict."""
+        return asdict(self)
+
+
+def summarize_lake(path: str | os.PathLike[str]) -> LakeSummary:
+    """Per split: utterances, hours, shards, bytes on disk (all files under the split), bytes
+    per frame per layer and compression ratio of the stored layers (vs float32, scale arrays
+    included; CNN features and audio excluded)."""
+    root = local_lake_dir(path)
+    meta = LakeMeta.from_dict(read_node_attrs(root) or {}, f"lake {root}")
+    layer_dirs = [layer_array_name(k) for k in meta.layers]
+    if meta.target_codec.has_scales:
+        layer_dirs += [scale_array_name(n) for n in layer_dirs]
+    splits = {}
+    for split, info in meta.splits.items():
+        target = audio = 0
+        for shard in info.shards:
+            d = root / split / shard
+            target += sum(dir_size(d / n) for n in layer_dirs)
+            audio += dir_size(d / AUDIO_ARRAY)
+        n_values = info.frames * len(meta.layers)
+        splits[split] = SplitSummary(
+            shards=len(info.shards),
+            utterances=info.utterances,
+            hours=hours(info.samples, meta.sample_rate),
+            frames=info.frames,
+            samples=info.samples,
+            bytes_on_disk=dir_size(root / split),
+            target_bytes=target,
+            audio_bytes=audio,
+            bytes_per_frame_per_layer=target / n_values if n_values else 0.0,
+            compression_ratio=n_values * meta.teacher.dim * 4 / target if target else 0.0,
+        )
+    return LakeSummary(
+        path=str(root),
+        format_version=meta.format_version,
+        fhb_version=meta.fhb_version,
+        teacher_name=meta.teacher.name,
+        teacher_sha256=meta.teacher.sha256,
+        layers=meta.layers,
+        dim=meta.teacher.dim,
+        cnn_features=meta.cnn_features,
+        dtype=meta.dtype,
+        codec=meta.codec,
+        bytes_on_disk=dir_size(root),
+        splits=splits,
+    )

@@ -1,0 +1,199 @@
+"""An exclusive lock on a lake, held by the one client process that drives an extraction.
+
+The lock is a file ``<lake>/.fhb.lock`` created with ``O_CREAT | O_EXCL`` holding JSON
+``{"pid", "hostname", "started", "token", "command"}``. Workers writing shards do not take it;
+only the client (which creates the lake and updates the root listing) does.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import socket
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from fhb.errors import FhbError
+from fhb.storage.format import LOCK_FILE
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    """Who holds a lock (as written in the lock file)."""
+
+    pid: int
+    hostname: str
+    started: str
+    token: str = ""
+    command: str = ""
+
+    def is_stale(self) -> bool:
+        """True when the holder ran on this host and its pid is no longer alive."""
+        return self.hostname == socket.gethostname() and not _pid_alive(self.pid)
+
+    def describe(self) -> str:
+        """``pid 123 on host h since 2025-...``."""
+        return f"pid {self.pid} on host {self.hostname} since {self.started}"
+
+
+def lock_path(lake_path: str | os.PathLike[str]) -> Path:
+    """Path of the lock file of ``lake_path``."""
+    return Path(lake_path) / LOCK_FILE
+
+
+def read_lock(lake_path: str | os.PathLike[str]) -> LockInfo | None:
+    """The current holder of the lake's lock, or None when unlocked.
+
+    A lock file that cannot be parsed (e.g. a crash between create and write) is reported with
+    pid -1 and hostname ``"?"``.
+    """
+    p = lock_path(lake_path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        d = json.loads(text)
+        return LockInfo(
+            pid=int(d["pid"]),
+            hostname=str(d["hostname"]),
+            started=str(d.get("started", "?")),
+            token=str(d.get("token", "")),
+            command=str(d.get("command", "")),
+        )
+    except (ValueError, KeyError, TypeError):
+        return LockInfo(pid=-1, hostname="?", started="?")
+
+
+def break_lock(lake_path: str | os.PathLike[str]) -> LockInfo | None:
+    """Remove the lake's lock file (what ``fhb unlock LAKE`` does); returns the former holder."""
+    info = read_lock(lake_path)
+    try:
+        lock_path(lake_path).unlink()
+    except FileNotFoundError:
+        return None
+    logger.info("removed lock of %s held by %s", lake_path, info.describe() if info else "?")
+    return info
+
+
+class LakeLock:
+    """Context manager holding the exclusive lock of a lake (creates the lake directory).
+
+    A second acquirer gets `FhbError` naming the holder; a lock whose holder ran on this host and
+    has died is reported as stale with the command that clears it (``fhb unlock LAKE``).
+    """
+
+    def __init__(self, lake_path: str | os.PathLike[str]) -> None:
+        self.lake_path = Path(lake_path)
+        self.path = lock_path(lake_path)
+        self._token: str | None = None
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock."""
+        return self._token is not None
+
+    def acquire(self) -> LakeLock:
+        """Take the lock or raise `FhbError` naming the holder and the fix."""
+        if self.held:
+            return self
+        if self.lake_path.exists() and not self.lake_path.is_dir():
+            raise FhbError(
+                f"lake {self.lake_path}: expected a directory, found a file; choose another path"
+            )
+        self.lake_path.mkdir(parents=True, exist_ok=True)
+        token = uuid.uuid4().hex
+        info = {
+            "pid": os.getpid(),
+            "hostname": socket.gethostname(),
+            "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "token": token,
+            "command": " ".join(sys.argv)[:500],
+        }
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            raise self._held_error() from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(info, f)
+            f.flush()
+            os.fsync(f.fileno())
+        self._token = token
+        logger.debug("locked %s", self.lake_path)
+        return self
+
+    def release(self) -> None:
+        """Release the lock if this object holds it (never removes someone else's lock)."""
+        if not self.held:
+            return
+        current = read_lock(self.lake_path)
+        if current is not None and current.token == self._token:
+            self.path.unlink(missing_ok=True)
+            logger.debug("unlocked %s", self.lake_path)
+        else:
+            logger.warning(
+                "lock of %s was broken or taken over while held (now: %s); leaving it",
+                self.lake_path,
+                current.describe() if current else "none",
+            )
+        self._token = None
+
+    def _held_error(self) -> FhbError:
+        info = read_lock(self.lake_path)
+        clear = f"fhb unlock {self.lake_path}"
+        if info is None:  # released between our attempt and the read
+            return FhbError(
+                f"lake {self.lake_path}: expected no lock, found one that vanished while "
+                f"checking; retry"
+            )
+        if info.pid < 0:
+            return FhbError(
+                f"lake {self.lake_path} is locked ({self.path}) but the lock file is unreadable; "
+                f"if no fhb process is using the lake, clear it with: {clear}"
+            )
+        if info.is_stale():
+            return FhbError(
+                f"lake {self.lake_path} has a stale lock: {info.describe()}, which is no longer "
+                f"running; clear it with: {clear}"
+            )
+        return FhbError(
+            f"lake {self.lake_path} is locked by {info.describe()}"
+            + (f" ({info.command})" if info.command else "")
+            + f"; wait for it to finish, or if that process is gone, clear it with: {clear}"
+        )
+
+    def __enter__(self) -> LakeLock:
+        return self.acquire()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped) still answers kill(0): treat it as dead.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except (OSError, IndexError):
+        return True

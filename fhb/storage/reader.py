@@ -1,0 +1,353 @@
+"""Reading a lake: `open_lake` -> `Lake` -> `SplitView` (per utterance) / `ShardView` (per range).
+
+Only shards listed in the root attributes and carrying the commit marker are visible. Each
+split's index is read once (when the split is first used) and kept in memory; array handles are
+opened once per shard and cached, so a random read touches only the chunks that overlap it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.abc.store import Store
+from zarr.storage import LocalStore
+
+from fhb.errors import FhbError
+from fhb.storage.codecs import TargetCodec
+from fhb.storage.format import (
+    AUDIO_ARRAY,
+    CNN_ARRAY,
+    LakeMeta,
+    layer_array_name,
+    scale_array_name,
+)
+from fhb.storage.index import COMMITTED_ATTR, ShardAttrs, ShardIndex
+from fhb.storage.layout import local_lake_dir
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UttEntry:
+    """Where one utterance lives: shard, row in the shard's index, frame and sample ranges."""
+
+    utt_id: str
+    shard: str
+    row: int
+    frame_offset: int
+    num_frames: int
+    sample_offset: int
+    num_samples: int
+
+
+class ShardView:
+    """Read access to one committed shard (frame ranges may cross utterances)."""
+
+    def __init__(self, store: Store, split: str, name: str, attrs: ShardAttrs, meta: LakeMeta):
+        self._store = store
+        self.split = split
+        self.name = name
+        self.attrs = attrs
+        self.meta = meta
+        self.codec: TargetCodec = meta.target_codec
+        self._arrays: dict[str, zarr.Array] = {}
+
+    @property
+    def index(self) -> ShardIndex:
+        """The shard's utterance index (manifest order)."""
+        return self.attrs.index
+
+    @property
+    def num_frames(self) -> int:
+        """Rows of every target array."""
+        return self.index.total_frames
+
+    @property
+    def num_samples(self) -> int:
+        """Length of the audio array."""
+        return self.index.total_samples
+
+    @property
+    def chunk_frames(self) -> int:
+        """Frames per chunk of the target arrays (read whole chunks for throughput)."""
+        return self.codec.chunk_frames
+
+    def array(self, name: str) -> zarr.Array:
+        """The zarr array ``name`` of this shard (opened once, then cached)."""
+        arr = self._arrays.get(name)
+        if arr is None:
+            try:
+                arr = zarr.open_array(
+                    store=self._store, path=f"{self.split}/{self.name}/{name}", mode="r",
+                    zarr_format=3,
+                )
+            except (FileNotFoundError, KeyError, ValueError) as e:
+                raise FhbError(
+                    f"shard {self.split}/{self.name}: expected array {name!r}, found none ({e}); "
+                    f"the shard is damaged: run `fhb verify` and re-extract it"
+                ) from e
+            self._arrays[name] = arr
+        return arr
+
+    def read_frames(
+        self,
+        start: int,
+        stop: int,
+        layers: Sequence[int] | None = None,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Targets of frames ``start:stop``: ``L x n x D`` (float32 unless ``out`` says otherwise).
+
+        ``layers``: teacher layer numbers (None = all stored, in stored order). ``out``: an
+        ``L x n x D`` float32/float16 array to decode into (e.g. shared memory).
+        """
+        names = [layer_array_name(k) for k in self._check_layers(layers)]
+        n, d = stop - start, self.meta.teacher.dim
+        if out is None:
+            out = np.empty((len(names), n, d), dtype=np.float32)
+        if out.shape != (len(names), n, d):
+            raise FhbError(
+                f"read_frames out: expected shape {[len(names), n, d]}, found {list(out.shape)}"
+            )
+        for i, name in enumerate(names):
+            self._decode_into(name, start, stop, out[i])
+        return out
+
+    def read_cnn(self, start: int, stop: int) -> np.ndarray:
+        """CNN features of frames ``start:stop``: ``n x Dc`` float32."""
+        if not self.meta.cnn_features:
+            raise FhbError(
+                f"lake split {self.split}: expected CNN features, found none (cnn_features is "
+                f"false); re-extract with CNN features to use the CNN loss"
+            )
+        out = np.empty((stop - start, int(self.meta.cnn_dim or 0)), dtype=np.float32)
+        return self._decode_into(CNN_ARRAY, start, stop, out)
+
+    def read_audio(self, start: int, stop: int) -> np.ndarray:
+        """Samples ``start:stop`` of the shard's audio: ``S`` int16."""
+        return np.asarray(self.array(AUDIO_ARRAY)[start:stop])
+
+    def _decode_into(self, name: str, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        if stop <= start:
+            return out
+        data = np.asarray(self.array(name)[start:stop])
+        scales = None
+        if self.codec.has_scales:
+            b = self.codec.scale_block_frames or self.codec.chunk_frames
+            scales = np.asarray(self.array(scale_array_name(name))[start // b : (stop - 1) // b + 1])
+        return self.codec.decode(data, scales, first_frame=start, out=out)
+
+    def _check_layers(self, layers: Sequence[int] | None) -> tuple[int, ...]:
+        if layers is None:
+            return self.meta.layers
+        wanted = tuple(int(k) for k in layers)
+        missing = [k for k in wanted if k not in self.meta.layers]
+        if missing:
+            raise FhbError(
+                f"lake layers: expected layers among the stored {list(self.meta.layers)}, found "
+                f"requests for {missing}, which are not stored; request stored layers or "
+                f"re-extract with them"
+            )
+        return wanted
+
+
+class SplitView:
+    """One split: utterances in manifest order across its committed shards."""
+
+    def __init__(self, store: Store, name: str, meta: LakeMeta) -> None:
+        self.name = name
+        self.meta = meta
+        info = meta.splits[name]
+        self._shards: dict[str, ShardView] = {}
+        entries: list[UttEntry] = []
+        for shard in info.shards:
+            attrs = _read_shard_attrs(store, name, shard)
+            if attrs is None:
+                continue
+            view = ShardView(store, name, shard, attrs, meta)
+            self._shards[shard] = view
+            idx = attrs.index
+            for row, utt in enumerate(idx.utt_ids):
+                entries.append(
+                    UttEntry(
+                        utt, shard, row, int(idx.frame_offsets[row]), int(idx.num_frames[row]),
+                        int(idx.sample_offsets[row]), int(idx.num_samples[row]),
+                    )
+                )
+        self._entries = entries
+        self._by_id: dict[str, UttEntry] = {}
+        for e in entries:
+            if e.utt_id in self._by_id:
+                raise FhbError(
+                    f"split {name!r}: expected unique utterance ids, found {e.utt_id!r} in shards "
+                    f"{self._by_id[e.utt_id].shard!r} and {e.shard!r}; re-extract one of them"
+                )
+            self._by_id[e.utt_id] = e
+
+    # -- enumeration (for loaders) --------------------------------------------------------------
+
+    @property
+    def utterance_ids(self) -> list[str]:
+        """Utterance ids in manifest order (shard listing order, then index order)."""
+        return [e.utt_id for e in self._entries]
+
+    @property
+    def shards(self) -> list[str]:
+        """Visible (committed) shard names in listing order."""
+        return list(self._shards)
+
+    def shard(self, name: str) -> ShardView:
+        """The `ShardView` of shard ``name``."""
+        try:
+            return self._shards[name]
+        except KeyError:
+            raise FhbError(
+                f"split {self.name!r}: expected one of its shards {self.shards[:5]}..., found "
+                f"{name!r}; list shards with SplitView.shards"
+            ) from None
+
+    def entries(self) -> list[UttEntry]:
+        """``(utt_id, shard, row, frame_offset, num_frames, sample_offset, num_samples)`` rows."""
+        return list(self._entries)
+
+    def entry(self, utt_id: str) -> UttEntry:
+        """Where ``utt_id`` lives; `FhbError` if the split has no such utterance."""
+        e = self._by_id.get(utt_id)
+        if e is None:
+            raise FhbError(
+                f"split {self.name!r}: expected a known utterance id, found {utt_id!r}; see "
+                f"SplitView.utterance_ids ({len(self)} utterances)"
+            )
+        return e
+
+    def shard_of(self, utt_id: str) -> str:
+        """Name of the shard holding ``utt_id``."""
+        return self.entry(utt_id).shard
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, utt_id: object) -> bool:
+        return utt_id in self._by_id
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.utterance_ids)
+
+    # -- per utterance -------------------------------------------------------------------------
+
+    def audio(self, utt_id: str) -> np.ndarray:
+        """Audio of ``utt_id``: ``S`` int16 (exactly as stored)."""
+        e = self.entry(utt_id)
+        return self._shards[e.shard].read_audio(e.sample_offset, e.sample_offset + e.num_samples)
+
+    def targets(self, utt_id: str, layers: Iterable[int] | None = None) -> np.ndarray:
+        """Teacher layers of ``utt_id``: ``L x T x D`` float32 (teacher numbering; None = all)."""
+        e = self.entry(utt_id)
+        lay = None if layers is None else list(layers)
+        return self._shards[e.shard].read_frames(e.frame_offset, e.frame_offset + e.num_frames, lay)
+
+    def cnn_features(self, utt_id: str) -> np.ndarray:
+        """CNN features of ``utt_id``: ``T x Dc`` float32."""
+        e = self.entry(utt_id)
+        return self._shards[e.shard].read_cnn(e.frame_offset, e.frame_offset + e.num_frames)
+
+    def num_frames(self, utt_id: str) -> int:
+        """Target frames ``T`` of ``utt_id``."""
+        return self.entry(utt_id).num_frames
+
+    def num_samples(self, utt_id: str) -> int:
+        """Audio samples ``S`` of ``utt_id``."""
+        return self.entry(utt_id).num_samples
+
+    def transcript(self, utt_id: str) -> str:
+        """Transcript of ``utt_id``."""
+        e = self.entry(utt_id)
+        return self._shards[e.shard].index.transcripts[e.row]
+
+    def speaker(self, utt_id: str) -> str:
+        """Speaker id of ``utt_id`` (string)."""
+        e = self.entry(utt_id)
+        return self._shards[e.shard].index.speakers[e.row]
+
+    def chapter(self, utt_id: str) -> str:
+        """Chapter id of ``utt_id`` (string)."""
+        e = self.entry(utt_id)
+        return self._shards[e.shard].index.chapters[e.row]
+
+
+class Lake:
+    """An opened lake: metadata plus lazily built `SplitView`s."""
+
+    def __init__(self, store: Store, location: str, attrs: dict[str, Any]) -> None:
+        self._store = store
+        self.location = location
+        self.attrs = attrs
+        self.meta = LakeMeta.from_dict(attrs, f"lake {location}")
+        self._splits: dict[str, SplitView] = {}
+
+    @property
+    def splits(self) -> list[str]:
+        """Split names listed in the lake."""
+        return list(self.meta.splits)
+
+    @property
+    def codec(self) -> TargetCodec:
+        """How targets are encoded and chunked."""
+        return self.meta.target_codec
+
+    def __contains__(self, split: object) -> bool:
+        return split in self.meta.splits
+
+    def __getitem__(self, split: str) -> SplitView:
+        view = self._splits.get(split)
+        if view is None:
+            if split not in self.meta.splits:
+                raise FhbError(
+                    f"lake {self.location}: expected one of its splits {self.splits}, found "
+                    f"{split!r}; extract that split first or pick a listed one"
+                )
+            view = self._splits[split] = SplitView(self._store, split, self.meta)
+        return view
+
+    def __repr__(self) -> str:
+        return f"Lake({self.location!r}, splits={self.splits}, dtype={self.meta.dtype})"
+
+
+def open_lake(path: str | os.PathLike[str] | Store) -> Lake:
+    """Open a lake for reading: a local directory, or any zarr `Store` (e.g. fsspec)."""
+    if isinstance(path, Store):
+        store, location = path, str(path)
+    else:
+        p = local_lake_dir(path)
+        store, location = LocalStore(Path(p), read_only=True), str(p)
+    try:
+        group = zarr.open_group(store=store, mode="r", zarr_format=3, use_consolidated=False)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        raise FhbError(
+            f"lake {location}: expected a Zarr v3 group, found none ({e}); point at a lake "
+            f"written by `fhb extract`"
+        ) from e
+    return Lake(store, location, dict(group.attrs))
+
+
+def _read_shard_attrs(store: Store, split: str, shard: str) -> ShardAttrs | None:
+    where = f"shard {split}/{shard}"
+    try:
+        group = zarr.open_group(
+            store=store, path=f"{split}/{shard}", mode="r", zarr_format=3, use_consolidated=False
+        )
+    except (FileNotFoundError, KeyError, ValueError):
+        logger.warning("%s is listed but missing; treating it as absent (run `fhb verify`)", where)
+        return None
+    raw = dict(group.attrs)
+    if raw.get(COMMITTED_ATTR) is not True:
+        logger.warning("%s has no commit marker; treating it as absent (run `fhb verify`)", where)
+        return None
+    return ShardAttrs.from_attrs(raw, where)
