@@ -40,7 +40,7 @@ demo: $(STAMP)
 	$(BIN)/fhb demo
 
 bench: setup
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/run_all.py $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache
