@@ -90,7 +90,7 @@ class TeacherMeta:
     def from_dict(cls, d: Mapping[str, Any], where: str = "teacher") -> TeacherMeta:
         """Parse and validate the ``teacher`` attribute."""
         _require_keys(d, ("name", "sha256", "config", "num_layers", "dim"), where)
-        t = cls(
+        return cls(
             name=_typed(d, "name", str, where),
             sha256=_typed(d, "sha256", str, where),
             config=_typed(d, "config", dict, where),
@@ -98,12 +98,13 @@ class TeacherMeta:
             dim=_typed(d, "dim", int, where),
             path=d.get("path"),
         )
-        if t.num_layers < 1 or t.dim < 1:
+
+    def __post_init__(self) -> None:
+        if self.num_layers < 1 or self.dim < 1:
             raise FhbError(
-                f"{where}: expected num_layers >= 1 and dim >= 1, found num_layers={t.num_layers}, "
-                f"dim={t.dim}; fix the teacher config"
+                f"teacher {self.name!r}: expected num_layers >= 1 and dim >= 1, found "
+                f"num_layers={self.num_layers}, dim={self.dim}; fix the teacher config"
             )
-        return t
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -119,10 +120,9 @@ def create_lake(path: str | os.PathLike[str], meta: LakeMeta, overwrite: bool = 
             return existing
         if not overwrite:
             raise FhbError(
-                f"lake {p} exists with a different layout ({'; '.join(diffs)}; stored vs "
-                f"requested order reversed: requested first); expected the same teacher, layers "
-                f"and dtype to resume: use a new lake path, or pass overwrite=True (--overwrite) "
-                f"to delete it and start over"
+                f"lake {p} exists with a different layout (requested != stored: "
+                f"{'; '.join(diffs)}); expected the same teacher, layers and dtype to resume: use "
+                f"a new lake path, or pass overwrite=True (--overwrite) to delete it and start over"
             )
         logger.warning("overwriting lake %s (%s)", p, "; ".join(diffs))
         _wipe(p)
@@ -134,9 +134,7 @@ def create_lake(path: str | os.PathLike[str], meta: LakeMeta, overwrite: bool = 
                 f"not an fhb lake (contains {entries[:5]}); choose another path"
             )
     p.mkdir(parents=True, exist_ok=True)
-    fresh = LakeMeta(
-        **{**_meta_fields(meta), "splits": {s: SplitInfo() for s in meta.splits}}
-    )
+    fresh = replace(meta, splits={s: SplitInfo() for s in meta.splits})
     zarr.create_group(store=LocalStore(p), attributes=fresh.to_dict(), zarr_format=3)
     for s in fresh.splits:
         _ensure_split_group(p, s)
@@ -186,12 +184,6 @@ def update_split_listing(
         samples / meta.sample_rate / 3600,
     )
     return info
-
-
-def _meta_fields(meta: LakeMeta) -> dict[str, Any]:
-    from dataclasses import fields
-
-    return {f.name: getattr(meta, f.name) for f in fields(meta)}
 
 
 def _read_meta(p: Path) -> LakeMeta:
@@ -327,8 +319,8 @@ class ShardWriter:
         diffs = meta.layout_differences(stored)
         if diffs:
             raise FhbError(
-                f"{self.where}: expected the lake's layout, found a different one "
-                f"({'; '.join(diffs)}; requested first); pass the metadata create_lake returned"
+                f"{self.where}: expected the lake's layout, found a different one (requested != "
+                f"stored: {'; '.join(diffs)}); pass the metadata create_lake returned"
             )
         self.meta = stored
         self.codec: TargetCodec = stored.target_codec

@@ -98,7 +98,7 @@ def test_create_lake_refuses_other_teacher_and_resumes_same(tmp_path: Path) -> N
     update_split_listing(lake, "train", ["s0"])
 
     other = make_meta(sha="f" * 64)
-    with pytest.raises(FhbError, match="different layout \\(teacher.sha256: 'ffff.*overwrite"):
+    with pytest.raises(FhbError, match="different layout \\(requested != stored: teacher.sha256: 'ffff.*overwrite"):
         create_lake(lake, other)
     with pytest.raises(FhbError, match="layers"):
         create_lake(lake, make_meta(layers=(1, 2)))
