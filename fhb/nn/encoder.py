@@ -37,9 +37,9 @@ class TransformerEncoder(nn.Module):
         if not len(layers):
             raise ValueError("Expected at least one transformer layer. Found: 0")
         dim = layers[0].fc1.in_features if dim is None else dim
-        self.pos_conv = pos_conv
-        self.layer_norm = nn.LayerNorm(dim)
+        self.pos_conv = pos_conv  # fairseq's registration order: pos_conv, layers, layer_norm
         self.layers = layers
+        self.layer_norm = nn.LayerNorm(dim)
         self.layer_norm_first = layer_norm_first
         self.dropout = nn.Dropout(dropout)
         self.layerdrop = layerdrop

@@ -24,9 +24,10 @@ class WeightNormConv1d(nn.Module):
         self.groups = groups
         weight = torch.empty(dim, dim // groups, kernel)
         nn.init.normal_(weight, mean=0.0, std=math.sqrt(4.0 / (kernel * dim)))
-        self.weight_v = nn.Parameter(weight)
-        self.weight_g = nn.Parameter(torch.linalg.vector_norm(weight, dim=(0, 1), keepdim=True))
+        # torch.nn.utils.weight_norm's registration order: bias, weight_g, weight_v
         self.bias = nn.Parameter(torch.zeros(dim))
+        self.weight_g = nn.Parameter(torch.linalg.vector_norm(weight, dim=(0, 1), keepdim=True))
+        self.weight_v = nn.Parameter(weight)
 
     def weight(self) -> torch.Tensor:
         """The effective ``C x C/G x K`` kernel ``v * g / ||v||``."""

@@ -24,6 +24,9 @@ whose unpickler resolves globals from an explicit allow-list only:
 * any ``fairseq.*`` or ``omegaconf.*`` global becomes an :class:`InertStub` subclass of that
   name: it records the state, items and arguments pickle hands it and has no behaviour.
   :func:`plain_config` turns stubbed omegaconf containers back into dicts and lists.
+  ``pytorch_lightning.*`` and ``s3prl.*`` globals are stubbed the same way: the published
+  FitHuBERT Lightning ``.ckpt`` pickles training metadata of those packages (its optimizer state
+  holds an ``s3prl.optimizers.WarmupLinearSchedule``), which fhb.student reads past.
 
 Anything else (``os.system``/``posix.system``, ``subprocess.Popen``, ``builtins.eval``,
 ``builtins.getattr``, ``torch.load`` ...) is refused when the unpickler meets the global, i.e.
@@ -74,7 +77,7 @@ logger = logging.getLogger(__name__)
 
 _HASH_BLOCK = 1 << 20
 _ZIP_MAGIC = b"PK\x03\x04"
-_STUBBED_PACKAGES = ("fairseq", "omegaconf")
+_STUBBED_PACKAGES = ("fairseq", "omegaconf", "pytorch_lightning", "s3prl")  # last two: FitHuBERT .ckpt metadata
 _LATIN1_NAMES = frozenset({"latin1", "latin-1", "latin_1", "iso8859-1", "iso-8859-1"})
 
 

@@ -1,0 +1,587 @@
+"""Typed configuration of a FitHuBERT run: the published yaml, validated once.
+
+The published yaml (``fhb/configs/fithubert.yaml``) has six sections. Two are typed here:
+
+* ``distiller`` -> :class:`StudentConfig`, the architecture. Every key of the published yaml is a
+  field; its default is the published yaml's value (so ``StudentConfig()`` *is* FitHuBERT; the
+  published ``CustomStudentModelConfig`` defaults differ and build a broken model, e.g.
+  ``tr_layer_type: fc1`` and ``required_seq_len_multiple: 2``). Unknown keys and keys fhb cannot
+  honour raise :class:`~fhb.errors.FhbError` naming the key, the value and the fix.
+* the loss keys of ``train`` -> :class:`LossConfig`.
+
+``teacher``, ``train`` (all of it, including the loss keys), ``optimizer``, ``data`` and
+``specaug`` are kept as plain dicts for the stage that owns them. :class:`FitConfig` holds all of
+it and writes it back with :meth:`FitConfig.to_dict` (conv layer specs and ``pred_layer_id`` as the
+strings the published code ``eval``s, so a yaml fhb writes also loads there).
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fhb.errors import FhbError
+from fhb.nn.frames import ConvSpec, parse_conv_layers
+from fhb.nn.transformer import activation
+from fhb.nn.wav2vec2 import conv_layers_to_string
+
+__all__ = [
+    "PACKAGED_CONFIGS",
+    "FitConfig",
+    "LossConfig",
+    "StudentConfig",
+    "load_fithubert_yaml",
+    "load_packaged_config",
+    "packaged_config_path",
+]
+
+FITHUBERT_CONV_LAYERS: tuple[ConvSpec, ...] = (
+    ((128, 10, 5),) + ((256, 1, 1),) + ((256, 3, 2),) * 4 + ((512, 1, 1),) + ((512, 2, 2),) * 2
+)
+"""FitHuBERT's thin conv stack: HuBERT's stride 320 and receptive field 400 with fewer channels."""
+
+MEL_HEAD_CONV_LAYERS: tuple[ConvSpec, ...] = ((128, 7, 1), (256, 5, 1), (512, 5, 1), (512, 5, 1))
+
+PACKAGED_CONFIGS: tuple[str, ...] = ("fithubert", "fitwav2vec2", "tiny")
+"""Names of the yaml files shipped in :mod:`fhb.configs`."""
+
+SECTIONS: tuple[str, ...] = ("teacher", "train", "distiller", "optimizer", "data", "specaug")
+
+
+def _error(source: str, key: str, expected: str, found: Any, fix: str) -> FhbError:
+    """An FhbError naming the key, what was expected, what was found and the fix."""
+    return FhbError(f"{source}: {key}: expected {expected}, found {found!r}; {fix}")
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """The ``distiller:`` section: the student's architecture (fairseq/FitHuBERT field names).
+
+    Defaults are the published ``fithubert.yaml`` values. Fields marked *inert* are accepted
+    because the published yaml has them, and do nothing for this student (as in the published
+    code).
+
+    Attributes:
+        extractor_mode: ``default`` (GroupNorm over time in the first conv) or ``layer_norm``.
+        conv_feature_layers: ``(channels, kernel, stride)`` per conv layer (parsed without eval).
+        feature_grad_mult: gradient scale into the conv stack (0: frozen, 1: plain).
+        conv_bias: conv biases on or off.
+        n_mels: must be 0 (the mel front-end is not implemented).
+        enable_log_mel: must be False (mel front-end).
+        mel_spec_head_conv_layers: inert (mel front-end only).
+        conv_pos: taps of the convolutional positional embedding.
+        conv_pos_groups: its groups.
+        pos_conv_depth: must be 1.
+        max_positions: inert (conformer only).
+        layer_type: must be ``transformer``.
+        encoder_layers: transformer layers (and layer-wise heads).
+        encoder_embed_dim: model dimension ``D``.
+        encoder_ffn_embed_dim: feed-forward dimension.
+        encoder_attention_heads: attention heads.
+        activation_fn: feed-forward activation.
+        layer_norm_first: pre-LN (True) or post-LN (False) layers.
+        depthwise_conv_kernel_size: inert (conformer only).
+        attn_type: must be ``''`` (conformer option).
+        pos_enc_type: must be ``abs`` (conformer option).
+        fp16: inert (precision is a training option).
+        dropout: residual and embedding dropout.
+        attention_dropout: attention-probability dropout.
+        activation_dropout: dropout after the feed-forward activation.
+        encoder_layerdrop: probability of skipping a transformer layer in training.
+        dropout_input: dropout on the projected CNN features.
+        final_dim: inert.
+        pred_head_final_dim: output dimension of the prediction heads (the teacher's ``D``).
+        pred_head_inter_dim: hidden size of the DistilHuBERT-style head (0: ``D``).
+        layerwise_proj: one head per layer (FitHuBERT) or a DistilHuBERT-style split head.
+        pred_layer_id: 0-based teacher layers predicted when ``distil_random_layer`` is 0.
+        init_conv_layers: copy the teacher's conv stack (needs the teacher's weights).
+        init_encoder_layers: copy ``pos_conv`` and the first n teacher layers (needs them too).
+        enable_tr_layer: insert the time-reduction Conv1d before the first layer.
+        tr_conv1d_kernel: inert (the published code always uses ``tr_reduce_factor``).
+        tr_layer_index: must be 0.
+        tr_reduce_factor: time-reduction factor ``f`` (kernel = stride = f).
+        tr_layer_type: must be ``conv1d``.
+        checkpoint_activations: must be False.
+        required_seq_len_multiple: must be 1 with the time-reduction layer; inert without it.
+        crop_seq_to_multiple: drop trailing CNN frames to a multiple of this.
+    """
+
+    extractor_mode: str = "default"
+    conv_feature_layers: tuple[ConvSpec, ...] = FITHUBERT_CONV_LAYERS
+    feature_grad_mult: float = 1.0
+    conv_bias: bool = False
+    n_mels: int = 0
+    enable_log_mel: bool = False
+    mel_spec_head_conv_layers: tuple[ConvSpec, ...] = MEL_HEAD_CONV_LAYERS
+    conv_pos: int = 128
+    conv_pos_groups: int = 16
+    pos_conv_depth: int = 1
+    max_positions: int = 100000
+    layer_type: str = "transformer"
+    encoder_layers: int = 12
+    encoder_embed_dim: int = 480
+    encoder_ffn_embed_dim: int = 480
+    encoder_attention_heads: int = 12
+    activation_fn: str = "gelu"
+    layer_norm_first: bool = False
+    depthwise_conv_kernel_size: int = 31
+    attn_type: str = ""
+    pos_enc_type: str = "abs"
+    fp16: bool = True
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    activation_dropout: float = 0.1
+    encoder_layerdrop: float = 0.0
+    dropout_input: float = 0.05
+    final_dim: int = 256
+    pred_head_final_dim: int = 768
+    pred_head_inter_dim: int = 0
+    layerwise_proj: bool = True
+    pred_layer_id: tuple[int, ...] = (11,)
+    init_conv_layers: bool = False
+    init_encoder_layers: int = 0
+    enable_tr_layer: bool = True
+    tr_conv1d_kernel: int = 2
+    tr_layer_index: int = 0
+    tr_reduce_factor: int = 2
+    tr_layer_type: str = "conv1d"
+    checkpoint_activations: bool = False
+    required_seq_len_multiple: int = 1
+    crop_seq_to_multiple: int = 1
+
+    @property
+    def cnn_dim(self) -> int:
+        """Channels of the conv stack's output (512 for FitHuBERT)."""
+        return self.conv_feature_layers[-1][0]
+
+    @property
+    def reduce_factor(self) -> int:
+        """Frames merged by the time-reduction layer (1 without it)."""
+        return self.tr_reduce_factor if self.enable_tr_layer else 1
+
+    @classmethod
+    def from_dict(cls, section: Mapping[str, Any], source: str = "config") -> StudentConfig:
+        """Build and validate from a ``distiller:`` mapping; missing keys take the defaults.
+
+        Raises:
+            FhbError: an unknown key, a value of the wrong type, or an option fhb cannot honour.
+        """
+        if not isinstance(section, Mapping):
+            raise _error(source, "distiller", "a mapping of architecture keys", type(section).__name__,
+                         "give the distiller: section as in fhb/configs/fithubert.yaml")
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(str(k) for k in section if k not in names)
+        if unknown:
+            raise FhbError(
+                f"{source}: distiller: unknown keys {unknown}; expected only the keys of the "
+                f"published FitHuBERT config ({len(names)} keys, see fhb/configs/fithubert.yaml); "
+                "remove or rename them"
+            )
+        hints = typing.get_type_hints(cls)
+        kwargs: dict[str, Any] = {}
+        for name, value in section.items():
+            key = f"distiller.{name}"
+            if name == "mel_spec_head_conv_layers" and value in ("", None):
+                kwargs[name] = ()  # inert; the published dataclass default is ''
+            elif name in ("conv_feature_layers", "mel_spec_head_conv_layers"):
+                kwargs[name] = _conv_layers(source, key, value)
+            elif name == "pred_layer_id":
+                kwargs[name] = _int_list(source, key, value)
+            else:
+                kwargs[name] = _typed(source, key, value, hints[name])
+        config = cls(**kwargs)
+        config.validate(source)
+        return config
+
+    def validate(self, source: str = "config") -> None:
+        """Refuse options fhb does not implement and inconsistent sizes.
+
+        Raises:
+            FhbError: naming the key, the value found, and the fix.
+        """
+        for key, expected, fix in _UNSUPPORTED:
+            found = getattr(self, key)
+            if found != expected:
+                raise _error(source, f"distiller.{key}", repr(expected), found, fix)
+        if self.enable_tr_layer:
+            if self.tr_layer_type != "conv1d":
+                raise _error(source, "distiller.tr_layer_type", "'conv1d'", self.tr_layer_type,
+                             _TR_LAYER_TYPE_FIX.get(self.tr_layer_type, "set tr_layer_type: conv1d"))
+            if self.tr_layer_index != 0:
+                raise _error(source, "distiller.tr_layer_index", "0", self.tr_layer_index,
+                             "a time-reduction layer after transformer layer 0 leaves the first heads at "
+                             "the full frame rate and the rest at 1/f (the published loss cannot stack "
+                             "them); set tr_layer_index: 0")
+            if self.required_seq_len_multiple != 1:
+                raise _error(source, "distiller.required_seq_len_multiple", "1 with enable_tr_layer",
+                             self.required_seq_len_multiple,
+                             "the published encoder pads at the full frame rate and unpads at 1/f, which "
+                             "drops real frames; set required_seq_len_multiple: 1")
+            if self.tr_reduce_factor < 1:
+                raise _error(source, "distiller.tr_reduce_factor", "an int >= 1", self.tr_reduce_factor,
+                             "set tr_reduce_factor: 2")
+        if self.extractor_mode not in ("default", "layer_norm"):
+            raise _error(source, "distiller.extractor_mode", "'default' or 'layer_norm'",
+                         self.extractor_mode, "set extractor_mode: default")
+        try:
+            activation(self.activation_fn)
+        except ValueError as exc:
+            raise _error(source, "distiller.activation_fn", "a fairseq activation", self.activation_fn,
+                         str(exc)) from None
+        positive = ("encoder_layers", "encoder_embed_dim", "encoder_ffn_embed_dim",
+                    "encoder_attention_heads", "conv_pos", "conv_pos_groups", "pred_head_final_dim",
+                    "crop_seq_to_multiple", "required_seq_len_multiple")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise _error(source, f"distiller.{key}", "an int >= 1", getattr(self, key),
+                             "see fhb/configs/fithubert.yaml for working values")
+        if self.encoder_embed_dim % self.encoder_attention_heads:
+            raise _error(source, "distiller.encoder_attention_heads",
+                         f"a divisor of encoder_embed_dim={self.encoder_embed_dim}",
+                         self.encoder_attention_heads, "change the heads or the dimension")
+        if self.encoder_embed_dim % self.conv_pos_groups:
+            raise _error(source, "distiller.conv_pos_groups",
+                         f"a divisor of encoder_embed_dim={self.encoder_embed_dim}",
+                         self.conv_pos_groups, "change the groups or the dimension")
+        for key in ("dropout", "attention_dropout", "activation_dropout", "encoder_layerdrop", "dropout_input"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise _error(source, f"distiller.{key}", "a probability in [0, 1]", getattr(self, key),
+                             "fix the value")
+        if self.feature_grad_mult < 0:
+            raise _error(source, "distiller.feature_grad_mult", "a number >= 0", self.feature_grad_mult,
+                         "0 freezes the conv stack, 1 trains it normally")
+        if self.pred_head_inter_dim < 0:
+            raise _error(source, "distiller.pred_head_inter_dim", "an int >= 0 (0: encoder_embed_dim)",
+                         self.pred_head_inter_dim, "set pred_head_inter_dim: 0")
+        if not 0 <= self.init_encoder_layers <= self.encoder_layers:
+            raise _error(source, "distiller.init_encoder_layers", f"0..{self.encoder_layers}",
+                         self.init_encoder_layers, "set init_encoder_layers: 0")
+        negative = [i for i in self.pred_layer_id if i < 0]
+        if negative:
+            raise _error(source, "distiller.pred_layer_id", "0-based layer indices >= 0",
+                         list(self.pred_layer_id), "write e.g. '[11]' for the last of 12 layers")
+        if self.layerwise_proj:
+            beyond = [i for i in self.pred_layer_id if i >= self.encoder_layers]
+            if beyond:
+                raise _error(source, "distiller.pred_layer_id",
+                             f"head indices < encoder_layers={self.encoder_layers} (layerwise_proj)",
+                             list(self.pred_layer_id), "use indices of the student's layers")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``distiller:`` section as the published code reads it (specs as strings)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("conv_feature_layers", "mel_spec_head_conv_layers"):
+                value = conv_layers_to_string(value)
+            elif f.name == "pred_layer_id":
+                value = str(list(value))
+            out[f.name] = value
+        return out
+
+
+_UNSUPPORTED: tuple[tuple[str, Any, str], ...] = (
+    ("n_mels", 0, "the mel-spectrogram front-end is not implemented (fhb's student reads waveforms "
+                  "through its conv stack, like the published FitHuBERT); set n_mels: 0"),
+    ("enable_log_mel", False, "the mel-spectrogram front-end is not implemented; set enable_log_mel: False"),
+    ("layer_type", "transformer", "the conformer encoder is not implemented; set layer_type: transformer"),
+    ("attn_type", "", "attn_type selects conformer attention, which is not implemented; set attn_type: ''"),
+    ("pos_enc_type", "abs", "relative/rotary positions (conformer) are not implemented; set pos_enc_type: abs"),
+    ("pos_conv_depth", 1, "only the single weight-normalised positional conv is implemented; set pos_conv_depth: 1"),
+    ("checkpoint_activations", False, "activation checkpointing is not implemented; set "
+                                      "checkpoint_activations: False (the student is small)"),
+)
+
+_TR_LAYER_TYPE_FIX: dict[str, str] = {
+    "fc1": "the published fc1 reduction pads a spurious zero frame when the frame count is even, "
+           "builds its zeros on the CPU (so it fails on CUDA) and leaves the padding mask one frame "
+           "short (attention asserts on padded batches); no usable checkpoint can come from it, so fhb "
+           "does not reproduce it: set tr_layer_type: conv1d",
+    "fc2": "the published fc2 reduction is an nn.Sequential that the encoder calls like a transformer "
+           "layer, which raises a TypeError; set tr_layer_type: conv1d",
+}
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The loss keys of the ``train:`` section (see :class:`fhb.student.loss.DistillLoss`).
+
+    Attributes:
+        rec_loss_weight: weight of the reconstruction loss.
+        rec_loss_type: ``mse`` or ``l1``.
+        sim_loss_weight: weight of DistilHuBERT's cosine term ``-logsigmoid(cos)``.
+        cnn_loss_weight: weight of the L1 loss between the student's and the teacher's
+            ``post_extract_proj`` outputs.
+        attn_loss_weight: must be 0 (teacher attention maps are not in the lake).
+        attn_loss_type: inert unless ``attn_loss_weight`` > 0.
+        v_rel_loss_weight: must be 0 (needs teacher attention values).
+        distil_random_layer: intermediate layers drawn each epoch (0: use ``pred_layer_id``).
+        random_layer_weight: weight of each drawn intermediate layer (the last layer has 1).
+        delete_projections: must be False.
+        mask_padding: fhb extension, default False (the published behaviour: padded frames count
+            in the means). True excludes padded frames from every mean.
+    """
+
+    rec_loss_weight: float = 1.0
+    rec_loss_type: str = "mse"
+    sim_loss_weight: float = 0.0
+    cnn_loss_weight: float = 0.0
+    attn_loss_weight: float = 0.0
+    attn_loss_type: str = "kldiv"
+    v_rel_loss_weight: float = 0.0
+    distil_random_layer: int = 11
+    random_layer_weight: float = 0.1
+    delete_projections: bool = False
+    mask_padding: bool = False
+
+    @classmethod
+    def from_train(cls, train: Mapping[str, Any], source: str = "config") -> LossConfig:
+        """Read the loss keys of a ``train:`` mapping (other keys belong to the training stage).
+
+        Raises:
+            FhbError: a value of the wrong type or an option fhb cannot honour.
+        """
+        hints = typing.get_type_hints(cls)
+        kwargs = {
+            f.name: _typed(source, f"train.{f.name}", train[f.name], hints[f.name])
+            for f in fields(cls)
+            if f.name in train
+        }
+        config = cls(**kwargs)
+        config.validate(source)
+        return config
+
+    def validate(self, source: str = "config") -> None:
+        """Refuse losses fhb cannot compute from the lake and inconsistent settings.
+
+        Raises:
+            FhbError: naming the key, the value found, and the fix.
+        """
+        if self.rec_loss_type not in ("mse", "l1"):
+            raise _error(source, "train.rec_loss_type", "'mse' or 'l1'", self.rec_loss_type,
+                         "set rec_loss_type: mse")
+        for key in ("rec_loss_weight", "sim_loss_weight", "cnn_loss_weight", "random_layer_weight"):
+            if getattr(self, key) < 0:
+                raise _error(source, f"train.{key}", "a weight >= 0", getattr(self, key), "fix the value")
+        for key in ("attn_loss_weight", "v_rel_loss_weight"):
+            if getattr(self, key) != 0:
+                raise _error(source, f"train.{key}", "0", getattr(self, key),
+                             "this loss needs the teacher's attention maps, which the lake does not "
+                             f"store; set {key}: 0")
+        if self.delete_projections:
+            raise _error(source, "train.delete_projections", "False", True,
+                         "it removes the prediction heads before training, leaving the reconstruction "
+                         "loss nothing to train (the published code then fails); set it False")
+        if self.distil_random_layer < 0:
+            raise _error(source, "train.distil_random_layer", "an int >= 0", self.distil_random_layer,
+                         "set it to encoder_layers - 1 (11) or 0")
+        if self.distil_random_layer == 0 and self.random_layer_weight != 0:
+            raise _error(source, "train.random_layer_weight", "0 when distil_random_layer is 0",
+                         self.random_layer_weight,
+                         "random_layer_weight only weights randomly drawn layers (the published code "
+                         "asserts this); set it to 0 or set distil_random_layer > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The loss keys as they appear in ``train:`` (``mask_padding`` only when True)."""
+        out = dataclasses.asdict(self)
+        if not self.mask_padding:
+            del out["mask_padding"]  # keep published yamls unchanged
+        return out
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """A whole FitHuBERT yaml: the typed student and loss, the other sections as plain dicts.
+
+    Attributes:
+        distiller: the student's architecture.
+        loss: the loss keys of ``train``.
+        teacher: ``teacher:`` section (``teacher_model``).
+        train: the whole ``train:`` section as read (loss keys included; :attr:`loss` wins).
+        optimizer: ``optimizer:`` section.
+        data: ``data:`` section.
+        specaug: ``specaug:`` section (SpecAugment is not supported: ``train.specaug`` must be False).
+        extra: top-level sections other than the six published ones, kept for round trips.
+    """
+
+    distiller: StudentConfig = field(default_factory=StudentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    teacher: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    optimizer: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    specaug: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any], source: str = "config") -> FitConfig:
+        """Build and validate from a parsed yaml mapping.
+
+        Args:
+            config: the mapping (``yaml.safe_load`` of a FitHuBERT yaml).
+            source: what to call it in errors (the file name).
+
+        Raises:
+            FhbError: a missing ``distiller`` section, a section that is not a mapping, or any
+                error of :meth:`StudentConfig.from_dict` / :meth:`LossConfig.from_train`.
+        """
+        if not isinstance(config, Mapping):
+            raise _error(source, "(top level)", "a mapping with a distiller: section",
+                         type(config).__name__, "see fhb/configs/fithubert.yaml")
+        if "distiller" not in config:
+            raise _error(source, "distiller", "a distiller: section (the student's architecture)",
+                         sorted(map(str, config)), "see fhb/configs/fithubert.yaml")
+        sections: dict[str, dict[str, Any]] = {}
+        for name in SECTIONS:
+            value = config.get(name)
+            if value is None:
+                value = {}
+            if not isinstance(value, Mapping):
+                raise _error(source, name, "a mapping", type(value).__name__,
+                             "see fhb/configs/fithubert.yaml for the layout")
+            sections[name] = copy.deepcopy(dict(value))
+        if sections["train"].get("specaug", False) not in (False, None):
+            raise _error(source, "train.specaug", "False", sections["train"]["specaug"],
+                         "SpecAugment is not supported yet (the published code applies it only to the "
+                         "unused mel front-end); set specaug: False")
+        distiller = StudentConfig.from_dict(sections["distiller"], source)
+        loss = LossConfig.from_train(sections["train"], source)
+        _check_together(distiller, loss, source)
+        extra = {str(k): copy.deepcopy(v) for k, v in config.items() if k not in SECTIONS}
+        return cls(distiller=distiller, loss=loss, teacher=sections["teacher"], train=sections["train"],
+                   optimizer=sections["optimizer"], data=sections["data"], specaug=sections["specaug"],
+                   extra=extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The yaml mapping, plain containers only (what ``hyper_parameters['cfg']`` holds)."""
+        out: dict[str, Any] = {
+            "teacher": copy.deepcopy(self.teacher),
+            "train": {**copy.deepcopy(self.train), **self.loss.to_dict()},
+            "distiller": self.distiller.to_dict(),
+            "optimizer": copy.deepcopy(self.optimizer),
+            "data": copy.deepcopy(self.data),
+            "specaug": copy.deepcopy(self.specaug),
+        }
+        out.update(copy.deepcopy(self.extra))
+        return out
+
+    def to_yaml(self) -> str:
+        """:meth:`to_dict` as yaml text, sections and keys in the published order."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False, width=1000)
+
+
+def _check_together(student: StudentConfig, loss: LossConfig, source: str) -> None:
+    """Checks that need both the student and the loss settings."""
+    if loss.distil_random_layer > 0:
+        if not student.layerwise_proj:
+            raise _error(source, "train.distil_random_layer", "0 with layerwise_proj: False",
+                         loss.distil_random_layer,
+                         "random layers need one head per layer (layerwise_proj: True); with the "
+                         "DistilHuBERT-style head set distil_random_layer: 0 and choose pred_layer_id")
+        if loss.distil_random_layer > student.encoder_layers - 1:
+            raise _error(source, "train.distil_random_layer",
+                         f"at most encoder_layers - 1 = {student.encoder_layers - 1}",
+                         loss.distil_random_layer, "it draws from the student's intermediate layers")
+    elif not student.pred_layer_id and (loss.rec_loss_weight > 0 or loss.sim_loss_weight > 0):
+        raise _error(source, "distiller.pred_layer_id", "at least one layer when distil_random_layer is 0",
+                     [], "list the 0-based teacher layers to predict, e.g. '[3, 7, 11]'")
+
+
+def _typed(source: str, key: str, value: Any, kind: Any) -> Any:
+    """Check a scalar yaml value against a field type (ints are accepted for floats)."""
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif kind is str:
+        ok = isinstance(value, str)
+    else:  # pragma: no cover - every field type is listed above
+        raise AssertionError(f"no check for {kind}")
+    if not ok:
+        raise _error(source, key, f"a {kind.__name__}", value, "fix the value's type in the yaml")
+    return value
+
+
+def _conv_layers(source: str, key: str, value: Any) -> tuple[ConvSpec, ...]:
+    if not isinstance(value, (str, list, tuple)):
+        raise _error(source, key, "a conv layer string like '[(512, 10, 5)] + [(512, 3, 2)] * 4'",
+                     value, "fix the value")
+    try:
+        return tuple(parse_conv_layers(value))
+    except (ValueError, TypeError) as exc:
+        raise _error(source, key, "a conv layer string like '[(512, 10, 5)] + [(512, 3, 2)] * 4'",
+                     value, str(exc)) from None
+
+
+def _int_list(source: str, key: str, value: Any) -> tuple[int, ...]:
+    """``'[3, 7, 11]'`` or ``[3, 7, 11]`` -> ``(3, 7, 11)`` (``ast.literal_eval``, never eval)."""
+    parsed = value
+    if isinstance(value, str):
+        try:
+            parsed = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            parsed = None
+    if isinstance(parsed, int) and not isinstance(parsed, bool):
+        parsed = [parsed]
+    if not isinstance(parsed, (list, tuple)) or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in parsed
+    ):
+        raise _error(source, key, "a list of layer indices like '[11]' or '[3, 7, 11]'", value, "fix the value")
+    return tuple(int(i) for i in parsed)
+
+
+def load_fithubert_yaml(path: str | Path) -> FitConfig:
+    """Read and validate a FitHuBERT yaml (the published layout; see ``fhb/configs``).
+
+    Raises:
+        FhbError: the file is missing or not yaml, or the config is invalid (see
+            :meth:`FitConfig.from_dict`).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FhbError(f"{path}: config file not found; expected a FitHuBERT yaml; check the path "
+                       f"or use one of fhb's packaged configs {list(PACKAGED_CONFIGS)}") from None
+    except IsADirectoryError:
+        raise FhbError(f"{path}: is a directory; expected a FitHuBERT yaml file; pass the file") from None
+    return _parse(text, str(path))
+
+
+def _parse(text: str, source: str) -> FitConfig:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise FhbError(f"{source}: not valid yaml ({exc}); fix the syntax") from None
+    return FitConfig.from_dict(data, source)
+
+
+def packaged_config_path(name: str) -> Traversable:
+    """The packaged yaml ``name`` (``fithubert``, ``fitwav2vec2``, ``tiny``) in :mod:`fhb.configs`.
+
+    Raises:
+        FhbError: an unknown name.
+    """
+    if name not in PACKAGED_CONFIGS:
+        raise FhbError(f"no packaged config {name!r}; expected one of {list(PACKAGED_CONFIGS)}; "
+                       "or pass the path of your own yaml")
+    return resources.files("fhb.configs").joinpath(f"{name}.yaml")
+
+
+def load_packaged_config(name: str) -> FitConfig:
+    """:func:`load_fithubert_yaml` for a config shipped with fhb (see :data:`PACKAGED_CONFIGS`)."""
+    resource = packaged_config_path(name)
+    return _parse(resource.read_text(encoding="utf-8"), f"fhb/configs/{name}.yaml")
