@@ -128,6 +128,56 @@ def unlock(lake: Annotated[Path, typer.Argument(help="A lake whose extraction wa
     typer.echo(f"cleared lock of {lake}: {info.describe()}" if info else f"{lake} was not locked")
 
 
+@app.command("export-s3prl")
+def export_s3prl(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Export folder to create (fithubert.ckpt, fithubert.yaml, model_card.md, fithubert_fhb/).")],
+    run: Annotated[Optional[Path], typer.Option(help="Run directory of fhb distill / fhb import-checkpoint.")] = None,
+    step: Annotated[Optional[int], typer.Option(help="Export checkpoints/step-N.pt instead of the final student.")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Export this checkpoint file instead.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="Yaml for a checkpoint that stores no config (bare state dict).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
+) -> None:
+    """Write a run's student in the published FitHuBERT format and as a self-contained S3PRL upstream."""
+    from fhb.stages.export import export_s3prl as _export
+
+    if run is None and checkpoint is None:
+        raise FhbError("export-s3prl: expected --run RUN or --checkpoint PATH, found neither")
+    result = _export(run, out, step=step, checkpoint=checkpoint, yaml_path=config, overwrite=overwrite)
+    typer.echo(f"exported {result.source} (update {result.step}) to {result.out}; see {result.upstream / 'README.md'}")
+
+
+@app.command("import-checkpoint")
+def import_checkpoint(
+    ckpt: Annotated[Path, typer.Argument(help="Published FitHuBERT / FitW2V2 .ckpt (or any student checkpoint fhb reads).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create.")],
+    config: Annotated[Optional[Path], typer.Option(help="The yaml published next to the .ckpt (default: the config stored in it).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
+) -> None:
+    """Turn a published student checkpoint into an fhb run directory (evaluate, fine-tune, re-export)."""
+    from fhb.stages.import_ckpt import import_checkpoint as _import
+
+    result = _import(ckpt, out, config, overwrite=overwrite)
+    typer.echo(f"imported {ckpt} ({result.kind}, update {result.step}, {result.num_tensors} tensors) into {result.run}")
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run directory (its student.pt, else the latest checkpoint).")],
+    cache: Annotated[Path, typer.Option(help="The lake to score against.")],
+    split: Annotated[str, typer.Option(help="Lake split.")] = "dev-clean",
+    step: Annotated[Optional[int], typer.Option(help="Score checkpoints/step-N.pt instead.")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Score this checkpoint file instead.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Utterances per batch.")] = 8,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    max_batches: Annotated[Optional[int], typer.Option(help="Stop after this many batches.")] = None,
+) -> None:
+    """Per-layer distillation losses of a run's student on one split of a lake (a table)."""
+    from fhb.stages.evaluate import evaluate_run
+
+    evaluate_run(run, cache, split, step=step, checkpoint=checkpoint, batch_size=batch_size, device=device,
+                 max_batches=max_batches, show=True)
+
+
 def _split_list(value: str) -> list[str]:
     splits = [s.strip() for s in value.split(",") if s.strip()]
     if not splits:

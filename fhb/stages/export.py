@@ -1,0 +1,570 @@
+"""``fhb export-s3prl``: a run's student in the published formats and as an S3PRL upstream.
+
+From one student checkpoint of a run (default: ``RUN/student.pt``, else the checkpoint ``RUN/latest``
+names; or ``--step N`` / ``--checkpoint PATH``) :func:`export_s3prl` writes::
+
+    OUT/fithubert.ckpt        published Lightning layout: state_dict = student_model.<key> (all 264
+                              tensors for fithubert.yaml), hyper_parameters = {"cfg": <yaml dict>};
+                              loads unchanged in the published upstream (-k fithubert.ckpt -g fithubert.yaml)
+    OUT/fithubert.yaml        the yaml (distiller: section builds the model)
+    OUT/model_card.md         teacher, lake, steps, final dev losses per layer, parameter counts
+    OUT/fithubert_fhb/        a self-contained S3PRL upstream (torch + pyyaml only):
+        expert.py, hubconf.py   from fhb/stages/s3prl_upstream/ (verbatim)
+        _fhb/                   fhb's student modules, bundled (:func:`bundle_student_sources`)
+        README.md               how to register it in S3PRL and run SUPERB ASR
+
+**One source of truth for the model code.** The upstream's model is not a second copy kept in
+the repository: :func:`bundle_student_sources` copies the source of the fhb modules the student
+needs (the import closure of ``fhb.student.model`` and ``fhb.student.config``) at export time and
+rewrites their ``fhb.*`` imports to package-relative ones (``from fhb.nn.conv import X`` in
+``fhb/student/model.py`` becomes ``from ..nn.conv import X``); ``fhb.errors`` travels with them
+(it has no dependencies). Anything else a bundled module imports must be the standard library,
+torch or pyyaml, else the export fails. ``_fhb/BUNDLE.json`` records the fhb version and the
+sha256 of every source file.
+
+The output is assembled in a temporary sibling folder, the checkpoint is re-loaded into fhb's
+student and compared bit for bit, and only then is the folder renamed to ``OUT``.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fhb.errors import FhbError
+
+__all__ = [
+    "BUNDLE_ROOTS",
+    "CKPT_NAME",
+    "UPSTREAM_NAME",
+    "YAML_NAME",
+    "ExportResult",
+    "RunStudent",
+    "bundle_student_sources",
+    "export_s3prl",
+    "load_run_student",
+    "resolve_run_checkpoint",
+    "write_model_card",
+    "write_s3prl_upstream",
+]
+
+log = logging.getLogger(__name__)
+
+CKPT_NAME = "fithubert.ckpt"
+YAML_NAME = "fithubert.yaml"
+CARD_NAME = "model_card.md"
+UPSTREAM_NAME = "fithubert_fhb"
+"""The S3PRL upstream's name (``-u fithubert_fhb``) and folder (``s3prl/upstream/fithubert_fhb``)."""
+BUNDLE_PACKAGE = "_fhb"
+BUNDLE_ROOTS: tuple[str, ...] = ("fhb.student.model", "fhb.student.config")
+"""Modules whose fhb import closure is bundled into the upstream."""
+_ALLOWED_THIRD_PARTY = frozenset({"torch", "yaml"})
+_STEP_FILE = re.compile(r"^step-(\d{8})\.pt$")
+
+
+# ---------------------------------------------------------------------------------- the run
+
+
+@dataclass
+class RunStudent:
+    """A student read from a run (or any checkpoint), with where it came from.
+
+    Attributes:
+        model: the student (training layout when the file has it), in eval mode.
+        config: its config.
+        source: the file it was read from.
+        kind: ``"fhb"``, ``"lightning"``, ``"state_dict"`` or ``"distill-state"``.
+        step: optimizer updates of that checkpoint (0 when the file does not record it).
+        teacher: what the checkpoint recorded about its teacher (fhb format), else None.
+    """
+
+    model: Any
+    config: Any
+    source: Path
+    kind: str
+    step: int
+    teacher: Any = None
+
+
+def resolve_run_checkpoint(run: Path, step: int | None = None, checkpoint: Path | None = None) -> Path:
+    """The student checkpoint of ``run`` to use.
+
+    Order: ``checkpoint`` (absolute, or relative to the working directory, else to ``run``);
+    ``step`` (``RUN/checkpoints/step-XXXXXXXX.pt``); ``RUN/student.pt``; the checkpoint ``RUN/latest``
+    names.
+
+    Raises:
+        FhbError: both ``step`` and ``checkpoint``, or nothing found.
+    """
+    from fhb.stages import run_state
+
+    run = Path(run)
+    if step is not None and checkpoint is not None:
+        raise FhbError("export: expected at most one of --step and --checkpoint, found both; pass one")
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if not path.exists() and not path.is_absolute() and (run / path).exists():
+            path = run / path
+        if not path.is_file():
+            raise FhbError(f"--checkpoint {checkpoint}: expected a checkpoint file, found nothing; check the path")
+        return path
+    if not run.is_dir():
+        raise FhbError(f"run {run}: expected a run directory of `fhb distill` (or `fhb import-checkpoint`), "
+                       "found nothing; check the path")
+    if step is not None:
+        path = run / run_state.CHECKPOINT_DIR / run_state.checkpoint_name(step)
+        if not path.is_file():
+            have = [p.name for p in run_state.list_checkpoints(run)]
+            raise FhbError(f"run {run}: expected a checkpoint at update {step} ({path.name}), found only "
+                           f"{have[-5:] or 'none'}; pick one of those steps")
+        return path
+    final = run / run_state.STUDENT
+    if final.is_file():
+        return final
+    pointer = run / run_state.LATEST
+    if pointer.is_file():
+        path = run / pointer.read_text(encoding="utf-8").strip()
+        if path.is_file():
+            return path
+    raise FhbError(f"run {run}: expected {run_state.STUDENT} or a checkpoint named by {run_state.LATEST}, "
+                   "found neither; let `fhb distill` finish or save a checkpoint, or pass --checkpoint")
+
+
+def _build(config: Any) -> Any:
+    """The config's student with teacher initialisation off (the weights come from a file)."""
+    from fhb.student.model import build_fit_student
+
+    distiller = dataclasses.replace(config.distiller, init_conv_layers=False, init_encoder_layers=0)
+    return build_fit_student(dataclasses.replace(config, distiller=distiller))
+
+
+def _from_distill_state(path: Path) -> RunStudent:
+    """A ``checkpoints/step-XXXXXXXX.pt`` of ``fhb distill`` (the run's own training state)."""
+    from fhb.stages import run_state
+    from fhb.student.config import FitConfig
+
+    try:
+        state = run_state._load(path)  # the run's own file: validated by its owner
+    except (ValueError, RuntimeError, OSError, EOFError) as exc:
+        raise FhbError(f"{path}: expected an `fhb distill` checkpoint, it does not load ({exc}); pick another "
+                       "--step or the run's student.pt") from None
+    config = FitConfig.from_dict(state["config"], f"{path} config")
+    model = _build(config)
+    try:
+        model.load_state_dict(state["model"], strict=True)
+    except RuntimeError as exc:
+        raise FhbError(f"{path}: the weights do not match the stored config ({str(exc).splitlines()[0]})") from None
+    return RunStudent(model, config, path, "distill-state", int(state["step"]))
+
+
+def load_run_student(
+    run: Path | None, step: int | None = None, checkpoint: Path | None = None, yaml_path: Path | None = None
+) -> RunStudent:
+    """Read the student :func:`resolve_run_checkpoint` picks (any format fhb reads), in eval mode.
+
+    ``checkpoints/step-XXXXXXXX.pt`` files are ``fhb distill``'s training states; any other file
+    goes through :func:`fhb.student.checkpoint.load_student_checkpoint` (fhb student format,
+    published Lightning ``.ckpt``, bare state dict with ``yaml_path``).
+    """
+    from fhb.student.checkpoint import load_student_checkpoint
+
+    path = resolve_run_checkpoint(Path(run) if run is not None else Path("."), step, checkpoint)
+    if _STEP_FILE.match(path.name):
+        found = _from_distill_state(path)
+    else:
+        loaded = load_student_checkpoint(path, yaml_path)
+        found = RunStudent(loaded.model, loaded.config, path, loaded.kind, loaded.step, loaded.teacher)
+    found.model.eval()
+    log.info("student read from %s (%s, update %d)", path, found.kind, found.step)
+    return found
+
+
+# ---------------------------------------------------------------------------------- bundling
+
+
+def _module_file(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.origin is not None, name
+    assert spec.submodule_search_locations is None, f"{name} is a package; bundle its modules instead"
+    return Path(spec.origin)
+
+
+def _fhb_imports(tree: ast.AST) -> list[ast.ImportFrom | ast.Import]:
+    """Absolute imports of ``fhb`` modules anywhere in ``tree`` (function-level ones included)."""
+    found: list[ast.ImportFrom | ast.Import] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and (
+            node.module == "fhb" or node.module.startswith("fhb.")
+        ):
+            found.append(node)
+        elif isinstance(node, ast.Import) and any(a.name == "fhb" or a.name.startswith("fhb.") for a in node.names):
+            found.append(node)
+    return found
+
+
+def _third_party(tree: ast.AST) -> set[str]:
+    """Top-level names of absolute non-fhb imports in ``tree``."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return {n for n in names if n != "fhb" and n != "__future__" and n not in sys.stdlib_module_names}
+
+
+def _closure(roots: tuple[str, ...]) -> list[str]:
+    """fhb modules the roots import, transitively (sorted)."""
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        tree = ast.parse(_module_file(name).read_text(encoding="utf-8"))
+        for node in _fhb_imports(tree):
+            if isinstance(node, ast.Import) or node.module == "fhb":
+                raise AssertionError(f"{name}: `import fhb...` / `from fhb import` cannot be bundled; "
+                                     "import from the defining module")
+            assert node.module is not None
+            todo.append(node.module)
+    return sorted(seen)
+
+
+def _rewrite(name: str, source: str) -> str:
+    """``source`` of module ``name`` with every ``from fhb.a.b import`` made package-relative."""
+    depth = name.count(".") - 1  # fhb.student.model -> 1 package below the bundle root
+    lines = source.splitlines(keepends=True)
+    for node in _fhb_imports(ast.parse(source)):
+        assert isinstance(node, ast.ImportFrom) and node.module is not None
+        line = lines[node.lineno - 1]
+        target = "." * (depth + 1) + node.module[len("fhb."):]
+        new, count = re.subn(rf"\bfrom\s+{re.escape(node.module)}\b", f"from {target}", line, count=1)
+        assert count == 1, f"{name}:{node.lineno}: cannot rewrite {line!r}"
+        lines[node.lineno - 1] = new
+    out = "".join(lines)
+    assert not _fhb_imports(ast.parse(out)), f"{name}: fhb imports left after rewriting"
+    return out
+
+
+def bundle_student_sources(dest: Path, roots: tuple[str, ...] = BUNDLE_ROOTS) -> dict[str, str]:
+    """Copy fhb's student modules into the package ``dest`` with package-relative imports.
+
+    ``fhb.x.y`` is written to ``dest/x/y.py``; every package level gets a docstring-only
+    ``__init__.py`` (fhb's own ``__init__`` files import more than the student needs).
+
+    Args:
+        dest: the bundle package folder (``<upstream>/_fhb``); created.
+        roots: modules whose fhb import closure is bundled.
+
+    Returns:
+        ``{"fhb/x/y.py": sha256 of the original source}``, also written to ``dest/BUNDLE.json``.
+
+    Raises:
+        AssertionError: a bundled module imports something other than the standard library,
+            torch, pyyaml or other bundled fhb modules (a bug in fhb, not a user error).
+    """
+    import fhb
+
+    dest.mkdir(parents=True, exist_ok=True)
+    hashes: dict[str, str] = {}
+    packages: set[tuple[str, ...]] = {()}
+    for name in _closure(roots):
+        source = _module_file(name).read_text(encoding="utf-8")
+        extra = _third_party(ast.parse(source)) - _ALLOWED_THIRD_PARTY
+        assert not extra, f"{name} imports {sorted(extra)}: the S3PRL upstream may depend on torch and pyyaml only"
+        parts = name.split(".")[1:]
+        target = dest.joinpath(*parts[:-1], parts[-1] + ".py")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(_rewrite(name, source), encoding="utf-8")
+        hashes["/".join(name.split(".")) + ".py"] = hashlib.sha256(source.encode()).hexdigest()
+        packages.update(tuple(parts[:i]) for i in range(len(parts)))
+    for package in packages:
+        init = dest.joinpath(*package, "__init__.py")
+        dotted = ".".join(("fhb", *package))
+        init.write_text(f'"""{dotted}, bundled by fhb {fhb.__version__} for the S3PRL upstream '
+                        '(see BUNDLE.json)."""\n', encoding="utf-8")
+    manifest = {"fhb_version": fhb.__version__, "roots": list(roots), "sources": hashes}
+    (dest / "BUNDLE.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return hashes
+
+
+_README = """\
+# {name}: FitHuBERT student exported by fhb {version}
+
+A self-contained [S3PRL](https://github.com/s3prl/s3prl) upstream: `expert.py`, `hubconf.py`
+and `_fhb/` (fhb's student code, bundled at export time; needs only torch and pyyaml, no
+fairseq, no torchaudio, no fhb). The weights are `{ckpt}` and `{yaml}` next to this folder
+(the published FitHuBERT layout: they also load in the published `fithubert` upstream).
+
+## Register it in an S3PRL checkout
+
+```bash
+cp -r {name} /path/to/s3prl/s3prl/upstream/{name}
+# newer s3prl lists its upstreams explicitly (FitHuBERT issue #4): add this line to s3prl/hub.py
+echo 'from s3prl.upstream.{name}.hubconf import *' >> /path/to/s3prl/s3prl/hub.py
+python -c "import s3prl.hub as hub; print(hub.{name})"
+```
+
+(The S3PRL of January 2022 that FitHuBERT pinned globs `upstream/*/hubconf.py` itself: there
+copying the folder is enough.)
+
+## SUPERB ASR
+
+```bash
+cd /path/to/s3prl/s3prl
+python3 run_downstream.py -m train -n fit_asr -u {name} -d asr \\
+    -k {abs_ckpt} -g {abs_yaml} -s hidden_states
+```
+
+`-s hidden_states` (the default) trains S3PRL's weighted sum over all {num_states} hidden states;
+`-s last_hidden_state` uses the published upstream's feature (the last prediction head).
+
+## Outputs
+
+| key | shape | frame rate | `get_downsample_rates` |
+|---|---|---|---|
+| `hidden_states` | {num_states} x `B x T2 x {dim}` | {hidden_ms} ms | {hidden_rate} |
+| `last_hidden_state` | `B x {f}*T2 x {out_dim}` | {last_ms} ms | {last_rate} |
+
+`T' = ` conv frames of the waveform (20 ms, stride 320, receptive field 400), `T2 = T' // {f}`.
+`hidden_states[0]` is the input of the first transformer layer: {first}.
+`hidden_states[i]` (i = 1..{layers}) is the output of transformer layer i.
+"""
+
+
+def write_s3prl_upstream(out: Path, config: Any, ckpt_path: Path, yaml_path: Path, name: str = UPSTREAM_NAME) -> Path:
+    """Write the S3PRL upstream folder ``out/name`` for a student of ``config``.
+
+    Args:
+        out: the export folder.
+        config: the student's :class:`~fhb.student.config.FitConfig` (for the README's table).
+        ckpt_path: where the final ``fithubert.ckpt`` lives (README commands).
+        yaml_path: where the final ``fithubert.yaml`` lives.
+        name: the upstream's name.
+
+    Returns:
+        The upstream folder.
+    """
+    import fhb
+    from fhb.nn.frames import total_stride
+    from fhb.stages.s3prl_upstream import TEMPLATE_FILES, template_dir
+
+    folder = out / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for file in TEMPLATE_FILES:
+        shutil.copyfile(template_dir() / file, folder / file)
+    (folder / "__init__.py").write_text(f'"""S3PRL upstream {name} (exported by fhb {fhb.__version__})."""\n',
+                                        encoding="utf-8")
+    bundle_student_sources(folder / BUNDLE_PACKAGE)
+    d = config.distiller
+    f = d.reduce_factor
+    stride = total_stride(list(d.conv_feature_layers))
+    first = (f"the time-reduction Conv1d's output (kernel = stride = {f}) over the embedding "
+             "(positional conv, then LayerNorm)" if d.enable_tr_layer else
+             "the embedding (the projected CNN features plus the positional conv, then LayerNorm)")
+    (folder / "README.md").write_text(_README.format(
+        name=name, version=fhb.__version__, ckpt=ckpt_path.name, yaml=yaml_path.name,
+        abs_ckpt=ckpt_path.resolve(), abs_yaml=yaml_path.resolve(), num_states=d.encoder_layers + 1,
+        dim=d.encoder_embed_dim, hidden_ms=1000 * stride * f // 16000, hidden_rate=stride * f, f=f,
+        out_dim=d.pred_head_final_dim if d.layerwise_proj else d.encoder_embed_dim,
+        last_ms=1000 * stride // 16000, last_rate=stride, first=first, layers=d.encoder_layers,
+    ), encoding="utf-8")
+    return folder
+
+
+# ---------------------------------------------------------------------------------- model card
+
+
+def _run_facts(run: Path | None) -> dict[str, Any]:
+    """What the run recorded: its config.yaml sections, train/eval records of metrics.jsonl."""
+    import yaml
+
+    from fhb.stages import run_state
+
+    facts: dict[str, Any] = {"config": {}, "train": [], "eval": []}
+    if run is None or not run.is_dir():
+        return facts
+    cfg_path = run / run_state.CONFIG
+    if cfg_path.is_file():
+        loaded = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+        facts["config"] = loaded if isinstance(loaded, dict) else {}
+    if (run / run_state.METRICS).is_file():
+        for rec in run_state.read_metrics(run):
+            if rec.get("kind") in ("train", "eval"):
+                facts[rec["kind"]].append(rec)
+    return facts
+
+
+def _lake_teacher(lake: str | None) -> dict[str, Any] | None:
+    """The teacher recorded in the lake's metadata, when the lake can be opened here."""
+    if not lake:
+        return None
+    try:
+        from fhb.storage.reader import open_lake
+
+        return open_lake(lake).meta.teacher.to_dict()
+    except Exception as exc:  # noqa: BLE001 - the card says it was not readable
+        log.warning("lake %s not readable for the model card (%s)", lake, exc)
+        return None
+
+
+def write_model_card(path: Path, found: RunStudent, run: Path | None) -> dict[str, Any]:
+    """Write ``model_card.md``; returns the facts it lists.
+
+    Teacher and lake come from the run's ``config.yaml`` (``fhb_distill.cache``, ``teacher:``),
+    the lake's metadata (name, sha256) when it is readable, or the checkpoint's ``teacher`` record;
+    steps from the checkpoint, else the last train record; dev losses from the last eval record of
+    ``metrics.jsonl``.
+    """
+    facts = _run_facts(run)
+    settings = facts["config"].get("fhb_distill") or {}
+    imported = facts["config"].get("fhb_import") or {}
+    lake = settings.get("cache")
+    teacher = _lake_teacher(lake) or (dict(found.teacher) if isinstance(found.teacher, dict) else {})
+    steps = found.step or max((int(r.get("step", 0)) for r in facts["train"]), default=0) or int(
+        imported.get("global_step", 0) or 0)
+    last_eval = facts["eval"][-1] if facts["eval"] else None
+    model = found.model
+    card = {
+        "source": str(found.source),
+        "kind": found.kind,
+        "teacher_model": found.config.teacher.get("teacher_model"),
+        "teacher_name": teacher.get("name"),
+        "teacher_sha256": teacher.get("sha256"),
+        "lake": lake,
+        "splits": settings.get("splits"),
+        "imported_from": imported.get("source"),
+        "steps": steps,
+        "dev": last_eval,
+        "params_training": model.num_parameters(),
+        "params_inference": model.num_parameters(inference=True),
+    }
+    na = "not recorded"
+    lines = [
+        "# FitHuBERT student (exported by fhb)",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| checkpoint | `{card['source']}` ({card['kind']}) |",
+        f"| teacher | `{card['teacher_model'] or na}` ({card['teacher_name'] or na}) |",
+        f"| teacher sha256 | `{card['teacher_sha256'] or na}` |",
+        f"| lake | `{lake or na}` (splits {card['splits'] or na}) |",
+    ]
+    if card["imported_from"]:
+        lines.append(f"| imported from | `{card['imported_from']}` (sha256 `{imported.get('sha256')}`) |")
+    lines += [
+        f"| optimizer updates | {steps} |",
+        f"| parameters (training, all heads) | {card['params_training']:,} |",
+        f"| parameters (inference, S3PRL) | {card['params_inference']:,} |",
+        "",
+        "## Final dev losses",
+        "",
+    ]
+    if last_eval:
+        lines += [f"Split `{last_eval.get('split')}` at update {last_eval.get('step')}: last-layer loss "
+                  f"{last_eval.get('dev_loss'):.6g} (the published `v_loss`).", "",
+                  "| teacher layer | loss |", "|---|---|"]
+        lines += [f"| {k} | {v:.6g} |" for k, v in sorted((last_eval.get("layer_losses") or {}).items())]
+    else:
+        lines.append("No evaluation recorded in metrics.jsonl (run `fhb evaluate RUN --cache LAKE`).")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return card
+
+
+# ---------------------------------------------------------------------------------- export
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_s3prl` wrote (final paths) and the facts of its model card."""
+
+    out: Path
+    checkpoint: Path
+    yaml: Path
+    upstream: Path
+    model_card: Path
+    source: Path
+    step: int
+    card: dict[str, Any]
+
+
+def _verify(ckpt: Path, yaml_path: Path, model: Any) -> None:
+    """Re-load the written checkpoint into fhb's student and compare every tensor bit for bit."""
+    from fhb.student.checkpoint import load_student
+
+    reloaded, _ = load_student(ckpt, yaml_path)
+    ours, theirs = model.state_dict(), reloaded.state_dict()
+    assert list(ours) == list(theirs), "exported key order differs"
+    bad = [k for k in ours if not torch.equal(ours[k].cpu(), theirs[k])]
+    assert not bad, f"exported tensors differ: {bad[:5]}"
+
+
+def export_s3prl(
+    run: Path | None,
+    out: Path,
+    *,
+    step: int | None = None,
+    checkpoint: Path | None = None,
+    yaml_path: Path | None = None,
+    name: str = UPSTREAM_NAME,
+    overwrite: bool = False,
+) -> ExportResult:
+    """Export one student checkpoint (see the module docstring for the layout).
+
+    Args:
+        run: the run directory (None with ``checkpoint``: a checkpoint outside any run).
+        out: the export folder; must not exist or be empty unless ``overwrite``.
+        step: export ``checkpoints/step-XXXXXXXX.pt`` instead of the final student.
+        checkpoint: export this file instead.
+        yaml_path: config for a checkpoint that stores none (bare state dict).
+        name: the S3PRL upstream's name.
+        overwrite: replace an existing non-empty ``out``.
+
+    Returns:
+        :class:`ExportResult`.
+
+    Raises:
+        FhbError: no such run/checkpoint, a student in the inference layout (the published
+            format needs every head), or a non-empty ``out`` without ``overwrite``.
+    """
+    from fhb.student.checkpoint import save_published_checkpoint
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FhbError(f"export: {out} exists and is not empty; expected a new folder; pass --overwrite or "
+                       "choose another --out")
+    run_dir = Path(run) if run is not None else None
+    found = load_run_student(run_dir, step, checkpoint, yaml_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        ckpt, cfg = save_published_checkpoint(found.model, found.config, tmp / CKPT_NAME,
+                                              yaml_path=tmp / YAML_NAME, global_step=found.step)
+        _verify(ckpt, cfg, found.model)
+        write_s3prl_upstream(tmp, found.config, out / CKPT_NAME, out / YAML_NAME, name)
+        card = write_model_card(tmp / CARD_NAME, found, run_dir)
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("exported %s (update %d) to %s", found.source, found.step, out)
+    return ExportResult(out, out / CKPT_NAME, out / YAML_NAME, out / name, out / CARD_NAME, found.source,
+                        found.step, card)

@@ -1,0 +1,109 @@
+"""``fhb import-checkpoint``: a published FitHuBERT checkpoint as an fhb run directory.
+
+Reads a published Lightning ``.ckpt`` (FitHuBERT-100h / 960h, FitW2V2: ``student_model.*`` keys,
+``teacher_model.*`` ignored, optimizer state not kept) with its yaml, or any student checkpoint fhb
+reads, and writes the run layout of ``fhb distill`` that ``fhb evaluate``, ``fhb export-s3prl``
+and distill's initialisation read::
+
+    RUN/config.yaml      the yaml, plus an ``fhb_import`` section (source path, sha256, kind,
+                         global_step, epoch)
+    RUN/student.pt       the student in fhb's format (``fhb.student.checkpoint.save_student``),
+                         training layout, tensors as read (bit for bit)
+    RUN/metrics.jsonl    one ``{"kind": "import", ...}`` record
+
+Import then export gives back the same student tensors, bit for bit. The run is written to a
+temporary sibling folder and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from fhb.errors import FhbError
+
+__all__ = ["ImportResult", "import_checkpoint"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What :func:`import_checkpoint` wrote.
+
+    Attributes:
+        run: the run directory.
+        student: ``RUN/student.pt``.
+        kind: the source's format (``lightning``, ``fhb``, ``state_dict``).
+        step: the source's optimizer updates (Lightning ``global_step``).
+        sha256: of the source file.
+        num_tensors: student tensors imported.
+    """
+
+    run: Path
+    student: Path
+    kind: str
+    step: int
+    sha256: str
+    num_tensors: int
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def import_checkpoint(ckpt: Path, out: Path, config: Path | None = None, *, overwrite: bool = False) -> ImportResult:
+    """Turn a student checkpoint into an fhb run directory (see the module docstring).
+
+    Args:
+        ckpt: the published ``.ckpt`` (or any student checkpoint fhb reads).
+        out: the run directory to create; must not exist or be empty unless ``overwrite``.
+        config: the yaml published next to ``ckpt`` (``-g``); None uses the config stored in it.
+        overwrite: replace an existing non-empty ``out``.
+
+    Raises:
+        FhbError: unreadable or foreign checkpoints, configs that do not match the weights, or a
+            non-empty ``out`` without ``overwrite``.
+    """
+    import yaml
+
+    from fhb.stages import run_state
+    from fhb.student.checkpoint import load_student_checkpoint, save_student
+
+    ckpt, out = Path(ckpt), Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FhbError(f"import: {out} exists and is not empty; expected a new run directory; pass --overwrite "
+                       "or choose another --out")
+    loaded = load_student_checkpoint(ckpt, config)
+    if loaded.model.is_inference:
+        raise FhbError(f"{ckpt}: holds the inference layout (no intermediate heads); expected a training "
+                       "checkpoint (the published .ckpt has all heads); import that one")
+    sha = _sha256(ckpt)
+    record = {"source": str(ckpt.resolve()), "sha256": sha, "kind": loaded.kind, "global_step": loaded.step,
+              "epoch": loaded.epoch, "config": str(Path(config).resolve()) if config else None}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        resolved = {**loaded.config.to_dict(), "fhb_import": record}
+        (tmp / run_state.CONFIG).write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
+        save_student(loaded.model, loaded.config, tmp / run_state.STUDENT, epoch=loaded.epoch, step=loaded.step,
+                     teacher=None, extra={"imported_from": record["source"], "source_sha256": sha})
+        run_state.append_metrics(tmp, {"kind": "import", "step": loaded.step, **record})
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    n = len(loaded.model.state_dict())
+    log.info("imported %s (%s, update %d, %d tensors) into %s", ckpt, loaded.kind, loaded.step, n, out)
+    return ImportResult(out, out / run_state.STUDENT, loaded.kind, loaded.step, sha, n)
