@@ -128,6 +128,57 @@ def unlock(lake: Annotated[Path, typer.Argument(help="A lake whose extraction wa
     typer.echo(f"cleared lock of {lake}: {info.describe()}" if info else f"{lake} was not locked")
 
 
+@app.command("distill")
+def distill(
+    cache: Annotated[Optional[Path], typer.Option("--cache", help="Lake written by `fhb extract`.")] = None,
+    config: Annotated[Path, typer.Option("--config", "-c", help="FitHuBERT yaml (published layout), or a packaged one: fithubert, fitwav2vec2, tiny.")] = Path("fithubert"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (config.yaml, metrics.jsonl, checkpoints/, student.pt).")] = Path("runs/distill"),
+    splits: Annotated[Optional[str], typer.Option(help="Comma-separated training splits (default: yaml data.train_set).")] = None,
+    dev_split: Annotated[Optional[str], typer.Option(help="Split evaluated every --eval-every updates (e.g. dev-clean).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimiser updates (exclusive with --epochs).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs (default: yaml train.num_epochs).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Utterances per micro-batch (default: yaml train.batch_size).")] = None,
+    batch_seconds: Annotated[Optional[float], typer.Option(help="Padded audio seconds per micro-batch (instead of --batch-size).")] = None,
+    max_seconds: Annotated[Optional[float], typer.Option(help="Crop longer utterances to this many seconds.")] = None,
+    accumulate: Annotated[Optional[int], typer.Option(help="Micro-batches per update (default: yaml train.accumulate_grad_batches).")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="fp32, fp16 (CUDA) or bf16 (default: fp16 if yaml use_fp16 and CUDA, else fp32).")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:K (torchrun: cuda:LOCAL_RANK).")] = "cpu",
+    workers: Annotated[int, typer.Option(help="Loader decode processes (0: in-process).")] = 2,
+    seed: Annotated[int, typer.Option(help="Student init, data order, random layers, dropout.")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run directory's newest loadable checkpoint.")] = False,
+    online_teacher: Annotated[Optional[Path], typer.Option(help="Run this teacher on every batch instead of reading targets (baseline).")] = None,
+    libri_root: Annotated[Optional[Path], typer.Option(help="Not supported without --cache (run `fhb extract` first).")] = None,
+    log_every: Annotated[int, typer.Option(help="Append a train record to metrics.jsonl every N updates.")] = 10,
+    eval_every: Annotated[Optional[int], typer.Option(help="Evaluate --dev-split every N updates (and at the end).")] = None,
+    save_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N updates (and at the end).")] = None,
+    keep_checkpoints: Annotated[Optional[int], typer.Option(help="Keep only the newest N checkpoints.")] = None,
+    clip_grad_norm: Annotated[Optional[float], typer.Option(help="Clip the gradient norm (default: off, as published).")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="Non-bias weight decay (default: 0.01, what the published code applies).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default: yaml optimizer.lr).")] = None,
+) -> None:
+    """Stage 2: train the student from the lake (no teacher); torchrun for several processes."""
+    from fhb.stages.distill import run_distill
+
+    run_distill(
+        cache, config, out, splits=splits.split(",") if splits else None, dev_split=dev_split, steps=steps,
+        epochs=epochs, batch_size=batch_size, batch_seconds=batch_seconds, max_seconds=max_seconds,
+        accumulate=accumulate, precision=precision, device=device, workers=workers, seed=seed, resume=resume,
+        online_teacher=online_teacher, libri_root=libri_root, log_every=log_every, eval_every=eval_every,
+        save_every=save_every, keep_checkpoints=keep_checkpoints, clip_grad_norm=clip_grad_norm,
+        weight_decay=weight_decay, lr=lr,
+    )
+
+
+@app.command("report")
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory of `fhb distill`.")],
+) -> None:
+    """Plot a distill run's loss curves (RUN_DIR/loss_curves.png) and print a summary table."""
+    from fhb.stages.report import report_run
+
+    report_run(run_dir)
+
+
 @app.command("export-s3prl")
 def export_s3prl(
     out: Annotated[Path, typer.Option("--out", "-o", help="Export folder to create (fithubert.ckpt, fithubert.yaml, model_card.md, fithubert_fhb/).")],
@@ -176,6 +227,17 @@ def evaluate(
 
     evaluate_run(run, cache, split, step=step, checkpoint=checkpoint, batch_size=batch_size, device=device,
                  max_batches=max_batches, show=True)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Where the demo writes its teacher, lake, run and export.")] = Path("demo-out"),
+    steps: Annotated[int, typer.Option(help="Distillation updates.")] = 40,
+) -> None:
+    """The whole pipeline on the bundled real-speech fixture with a tiny random teacher (2 CPU cores, minutes)."""
+    from fhb.stages.demo import run_demo
+
+    run_demo(out, steps)
 
 
 def _split_list(value: str) -> list[str]:

@@ -546,10 +546,14 @@ def _int_list(source: str, key: str, value: Any) -> tuple[int, ...]:
 def load_fithubert_yaml(path: str | Path) -> FitConfig:
     """Read and validate a FitHuBERT yaml (the published layout; see ``fhb/configs``).
 
+    ``path`` may also name a packaged config (``fithubert``, ``fitwav2vec2``, ``tiny``).
+
     Raises:
         FhbError: the file is missing or not yaml, or the config is invalid (see
             :meth:`FitConfig.from_dict`).
     """
+    if str(path) in PACKAGED_CONFIGS and not Path(path).exists():
+        path = Path(str(packaged_config_path(str(path))))
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")

@@ -1,0 +1,217 @@
+"""A distillation run's on-disk state: atomic checkpoints, the ``latest`` pointer, RNG states.
+
+Run directory layout::
+
+    RUN/config.yaml                      resolved configuration (yaml sections + flags)
+    RUN/metrics.jsonl                    one JSON object per logged train step / evaluation
+    RUN/checkpoints/step-00000100.pt     full training state at update 100
+    RUN/latest                           text: the name of the newest complete checkpoint
+    RUN/student.pt                       the trained student (fhb student format), at the end
+
+Every file is written to a temporary name in the same directory, fsync'ed, then moved into
+place with `os.replace`, and the directory is fsync'ed: a crash leaves either the old file or
+the new one, never a torn one. ``latest`` is written the same way, after its checkpoint.
+Resuming loads the checkpoint ``latest`` names; if that one does not load (damaged disk, a copy
+in progress) it falls back to the newest older one that does, and logs which.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import random
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fhb.errors import FhbError
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+LATEST = "latest"
+METRICS = "metrics.jsonl"
+CONFIG = "config.yaml"
+STUDENT = "student.pt"
+FORMAT = "fhb-distill-state"
+VERSION = 1
+_STEP_RE = re.compile(r"^step-(\d{8})\.pt$")
+
+
+def checkpoint_name(step: int) -> str:
+    """File name of the checkpoint at update ``step``: ``step-00000100.pt``."""
+    return f"step-{step:08d}.pt"
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (tmp file + fsync + os.replace + dir fsync)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """`torch.save` to ``path`` atomically."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def rng_state(loss_generator: torch.Generator | None = None) -> dict[str, Any]:
+    """Every RNG the training step draws from: python, numpy, torch (CPU, CUDA), the loss's."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "loss": loss_generator.get_state() if loss_generator is not None else None,
+    }
+    return state
+
+
+def set_rng_state(state: dict[str, Any], loss_generator: torch.Generator | None = None) -> None:
+    """Restore what `rng_state` captured."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if loss_generator is not None and state.get("loss") is not None:
+        loss_generator.set_state(state["loss"])
+
+
+def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int | None = None) -> Path:
+    """Write ``state`` as ``checkpoints/step-XXXXXXXX.pt``, then point ``latest`` at it.
+
+    ``keep``: keep only the newest ``keep`` checkpoints (None: keep all).
+    """
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    path = ckpt_dir / checkpoint_name(step)
+    atomic_torch_save({"format": FORMAT, "version": VERSION, "step": step, **state}, path)
+    atomic_write_bytes(run_dir / LATEST, (f"{CHECKPOINT_DIR}/{path.name}\n").encode())
+    logger.info("checkpoint %s written", path)
+    if keep is not None and keep > 0:
+        for old in list_checkpoints(run_dir)[:-keep]:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoint files of the run, oldest first (by step)."""
+    d = run_dir / CHECKPOINT_DIR
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _STEP_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def _load(path: Path) -> dict[str, Any]:
+    # Our own files, but they hold numpy RNG state and python tuples: not weights-only loadable.
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"not an {FORMAT} file")
+    if state.get("version") != VERSION:
+        raise ValueError(f"version {state.get('version')}, expected {VERSION}")
+    for key in ("model", "optimizer", "scheduler", "rng", "loader", "step"):
+        if key not in state:
+            raise ValueError(f"missing {key!r}")
+    return state
+
+
+def load_latest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint of ``run_dir`` that loads, or None when the run has none.
+
+    Tries the one ``latest`` names first, then every other checkpoint newest first; each that
+    fails to load is reported (warning) and skipped. Raises `FhbError` when checkpoints exist
+    but none loads.
+    """
+    candidates = list(reversed(list_checkpoints(run_dir)))
+    pointer = run_dir / LATEST
+    if pointer.is_file():
+        named = run_dir / pointer.read_text().strip()
+        if named in candidates:
+            candidates.remove(named)
+        candidates.insert(0, named)
+    if not candidates:
+        return None
+    failures = []
+    for i, path in enumerate(candidates):
+        try:
+            state = _load(path)
+        except Exception as e:  # noqa: BLE001 - any failure to load means "torn or foreign": fall back
+            failures.append(f"{path.name}: {type(e).__name__}: {e}")
+            logger.warning("checkpoint %s does not load (%s); falling back to an older one", path, e)
+            continue
+        if i > 0:
+            logger.warning("resuming from %s instead of the latest (%s)", path.name, "; ".join(failures))
+        return path, state
+    raise FhbError(
+        f"run {run_dir}: expected a loadable checkpoint to resume from, found {len(candidates)} that "
+        f"do not load ({'; '.join(failures[:3])}); delete the run directory or start without --resume"
+    )
+
+
+def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line to ``metrics.jsonl`` (flushed and fsync'ed)."""
+    with open(run_dir / METRICS, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """Records of ``metrics.jsonl`` (a torn last line, from a kill, is skipped)."""
+    path = run_dir / METRICS
+    if not path.is_file():
+        raise FhbError(f"run {run_dir}: expected {METRICS}, found none; point at a run directory of `fhb distill`")
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            logger.warning("%s: skipping an unreadable line", path)
+    return out
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Drop records after update ``step`` (on resume, so replayed steps are not logged twice)."""
+    path = run_dir / METRICS
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if int(rec.get("step", 0)) <= step:
+            kept.append(json.dumps(rec, sort_keys=True))
+    atomic_write_bytes(path, ("\n".join(kept) + ("\n" if kept else "")).encode())
