@@ -155,6 +155,7 @@ def distill(
     clip_grad_norm: Annotated[Optional[float], typer.Option(help="Clip the gradient norm (default: off, as published).")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="Non-bias weight decay (default: 0.01, what the published code applies).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate (default: yaml optimizer.lr).")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")] = True,
 ) -> None:
     """Stage 2: train the student from the lake (no teacher); torchrun for several processes."""
     from fhb.stages.distill import run_distill
@@ -165,7 +166,7 @@ def distill(
         accumulate=accumulate, precision=precision, device=device, workers=workers, seed=seed, resume=resume,
         online_teacher=online_teacher, libri_root=libri_root, log_every=log_every, eval_every=eval_every,
         save_every=save_every, keep_checkpoints=keep_checkpoints, clip_grad_norm=clip_grad_norm,
-        weight_decay=weight_decay, lr=lr,
+        weight_decay=weight_decay, lr=lr, progress=progress,
     )
 
 

@@ -1,6 +1,6 @@
 """Multi-process training: `torchrun` environment variables -> a process group.
 
-``torchrun --nproc-per-node N -m fhb.stages.distill ...`` (or ``fhb distill``) sets ``RANK``,
+``torchrun --nproc-per-node N -m fhb.cli distill ...`` sets ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; `init_distributed` reads
 them and joins a process group (``nccl`` on CUDA, ``gloo`` on CPU). Without them the run is a
 single process and nothing is initialised.

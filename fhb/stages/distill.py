@@ -1,7 +1,7 @@
 """Stage 2, ``fhb distill``: train the FitHuBERT student from a lake, without running the teacher.
 
     fhb distill --cache LAKE --config fhb/configs/fithubert.yaml --out RUN [--steps N | --epochs E]
-    torchrun --nproc-per-node 2 -m fhb.stages.distill --cache LAKE --config ... --out RUN
+    torchrun --nproc-per-node 2 -m fhb.cli distill --cache LAKE --config ... --out RUN
 
 `run_distill` reads the published yaml (``train``, ``distiller``, ``optimizer``, ``data``
 sections; arguments given explicitly override it), checks the lake can serve the student (its
@@ -732,59 +732,3 @@ def save_final_student(path: Path, tr: Any, fit: Any) -> Path:
     save_student(tr.model, fit, path, epoch=int(tr.epoch), step=int(tr.step), teacher=teacher)
     logger.info("student written to %s", path)
     return path
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` (argparse, the CLI's option names) and call `run_distill`."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m fhb.stages.distill", description=__doc__.split("\n")[0])
-    p.add_argument("--cache", type=Path)
-    p.add_argument("--config", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--splits", type=lambda x: x.split(","))
-    p.add_argument("--dev-split")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--batch-seconds", type=float)
-    p.add_argument("--max-seconds", type=float)
-    p.add_argument("--accumulate", type=int)
-    p.add_argument("--precision", choices=PRECISIONS)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--online-teacher", type=Path)
-    p.add_argument("--libri-root", type=Path)
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--eval-every", type=int)
-    p.add_argument("--save-every", type=int)
-    p.add_argument("--keep-checkpoints", type=int)
-    p.add_argument("--clip-grad-norm", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--no-progress", action="store_true")
-    a = p.parse_args(argv)
-    from fhb.pipeline.logging_setup import console, setup_logging
-
-    setup_logging()
-    try:
-        summary = run_distill(
-            a.cache, a.config, a.out, splits=a.splits, dev_split=a.dev_split, steps=a.steps, epochs=a.epochs,
-            batch_size=a.batch_size, batch_seconds=a.batch_seconds, max_seconds=a.max_seconds,
-            accumulate=a.accumulate, precision=a.precision, device=a.device, workers=a.workers, seed=a.seed,
-            resume=a.resume, online_teacher=a.online_teacher, libri_root=a.libri_root,
-            log_every=a.log_every, eval_every=a.eval_every, save_every=a.save_every,
-            keep_checkpoints=a.keep_checkpoints, clip_grad_norm=a.clip_grad_norm,
-            weight_decay=a.weight_decay, lr=a.lr, progress=not a.no_progress,
-        )
-    except FhbError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        return 2
-    logger.info("done: %d updates, final loss %.4g, %s", summary.steps, summary.final_loss, summary.student_path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -156,10 +156,10 @@ def test_resume_skips_torn_checkpoint(lake: Path, tmp_path: Path) -> None:
 
 
 def test_sigkill_and_resume_via_subprocess(lake: Path, tmp_path: Path) -> None:
-    """``python -m fhb.stages.distill`` killed with SIGKILL after a checkpoint, then resumed, ends
+    """``python -m fhb.cli distill`` (what torchrun runs) killed with SIGKILL after a checkpoint, then resumed, ends
     with the parameters of an uninterrupted run."""
     run = tmp_path / "killed"
-    argv = [sys.executable, "-m", "fhb.stages.distill", "--cache", str(lake), "--config", str(TINY),
+    argv = [sys.executable, "-m", "fhb.cli", "distill", "--cache", str(lake), "--config", str(TINY),
             "--out", str(run), "--splits", TRAIN, "--steps", "24", "--batch-size", "1", "--accumulate", "1",
             "--workers", "2", "--save-every", "3", "--log-every", "1", "--no-progress",
             "--max-seconds", "1.0"]
