@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fhb.nn.transformer import TransformerLayer
 
 
 class TransformerEncoder(nn.Module):

@@ -43,7 +43,6 @@ import dataclasses
 import json
 import logging
 import math
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass

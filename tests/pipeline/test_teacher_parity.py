@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from fhb.pipeline.teacher import load_teacher, save_random_checkpoint
 from tests.reference import fairseq_layers, load_fairseq_model

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from fhb.pipeline.checkpoint_io import load_checkpoint
 from fhb.pipeline.teacher import load_teacher
 
 pytestmark = pytest.mark.reference
