@@ -253,9 +253,13 @@ def main() -> None:
     try:
         app()
     except FhbError as exc:
+        from rich.markup import escape
+
         from fhb.pipeline.logging_setup import console
 
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # One line, shown verbatim: a yaml parser's message spans lines, and a path may hold "[...]".
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -17,6 +17,9 @@ ConvSpec = tuple[int, int, int]
 HUBERT_CONV_LAYERS: list[ConvSpec] = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
 """The conv stack of wav2vec 2.0 / HuBERT (Base and Large): stride 320, receptive field 400."""
 
+MAX_CONV_LAYERS = 1000
+"""More conv layers than any config :func:`parse_conv_layers` accepts (real ones have 7)."""
+
 
 def parse_conv_layers(spec: str | Sequence[Sequence[int]]) -> list[ConvSpec]:
     """Parse fairseq's ``conv_feature_layers`` string without ``eval``.
@@ -32,7 +35,7 @@ def parse_conv_layers(spec: str | Sequence[Sequence[int]]) -> list[ConvSpec]:
         try:
             tree = ast.parse(spec.strip(), mode="eval")
             value = _eval_layer_expr(tree.body)
-        except (SyntaxError, ValueError) as exc:
+        except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
             raise ValueError(
                 f"conv layer spec {spec!r} is not of the form '[(dim, kernel, stride)] * n + ...': {exc}"
             ) from None
@@ -63,10 +66,17 @@ def _eval_layer_expr(node: ast.AST) -> list:
         if isinstance(node.op, ast.Add) and isinstance(left, list) and isinstance(right, list):
             return left + right
         if isinstance(node.op, ast.Mult) and isinstance(left, list) and isinstance(right, int):
-            return left * right
+            return _repeat(left, right)
         if isinstance(node.op, ast.Mult) and isinstance(left, int) and isinstance(right, list):
-            return right * left
+            return _repeat(right, left)
     raise ValueError(f"unsupported expression {ast.dump(node)[:60]}")
+
+
+def _repeat(layers: list, times: int) -> list:
+    """``layers * times``, refusing results no real config has (a hostile one could ask for 10**9)."""
+    if len(layers) * times > MAX_CONV_LAYERS:
+        raise ValueError(f"{len(layers)} x {times} layers: expected at most {MAX_CONV_LAYERS} conv layers")
+    return layers * times
 
 
 def conv_output_length(num_samples: int, conv_layers: Sequence[ConvSpec] = HUBERT_CONV_LAYERS) -> int:

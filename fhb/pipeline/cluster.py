@@ -37,7 +37,7 @@ def dask_client(workers: int, scheduler: str | None = None) -> Iterator["object"
     if scheduler:
         try:
             client = Client(scheduler, timeout="20s")
-        except OSError as exc:
+        except (OSError, ValueError, TypeError) as exc:  # unreachable, or not an address at all
             raise FhbError(
                 f"could not connect to the dask scheduler {scheduler}: {exc}; check the address "
                 f"(tcp://host:8786) or leave out --scheduler to use a local cluster"
@@ -55,7 +55,7 @@ def dask_client(workers: int, scheduler: str | None = None) -> Iterator["object"
         threads_per_worker=1,
         processes=True,
         dashboard_address=None,
-        silence_logs=logging.WARNING,
+        silence_logs=logging.CRITICAL,  # a failed task is re-raised by the client (one line for an FhbError)
     )
     client = Client(cluster)
     log.info("started a local dask cluster with %d worker process(es)", workers)

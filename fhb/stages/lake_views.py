@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
 from rich.table import Table
 
 from fhb.errors import FhbError
@@ -47,7 +48,7 @@ def extract_progress(lake: Path) -> Iterator[Callable[[ShardResult, int, int], N
 
 def print_extract_summary(summary: ExtractSummary) -> None:
     """The table printed at the end of ``fhb extract``."""
-    table = Table(title=f"extracted into {summary.lake}", show_header=False)
+    table = Table(title=f"extracted into {escape(str(summary.lake))}", show_header=False)
     audio_s = summary.samples / 16000
     rows = [
         ("shards written / already committed", f"{summary.shards_done} / {summary.shards_resumed}"),
@@ -63,7 +64,7 @@ def print_extract_summary(summary: ExtractSummary) -> None:
         table.add_row(key, value)
     console.print(table)
     for path, reason in summary.skipped[:20]:
-        console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False)
+        console.print(f"[yellow]skipped[/] {escape(path)}: {escape(reason)}", highlight=False)
     if len(summary.skipped) > 20:
         console.print(f"[yellow]… and {len(summary.skipped) - 20} more (listed in each shard's attributes)")
 
@@ -73,7 +74,7 @@ def inspect_lake(path: Path) -> None:
     if not path.exists():
         raise FhbError(f"lake {path}: no such directory; pass the --out of an `fhb extract` run")
     s = summarize_lake(path)
-    head = Table(title=f"lake {s.path}", show_header=False)
+    head = Table(title=f"lake {escape(s.path)}", show_header=False)
     for key, value in [
         ("format / fhb version", f"{s.format_version} / {s.fhb_version}"),
         ("teacher", f"{s.teacher_name}  sha256 {s.teacher_sha256}"),
@@ -81,7 +82,7 @@ def inspect_lake(path: Path) -> None:
         ("dtype / codec", f"{s.dtype} / {s.codec.get('compressor', s.codec)}"),
         ("bytes on disk", _gb(s.bytes_on_disk)),
     ]:
-        head.add_row(key, str(value))
+        head.add_row(key, escape(str(value)))
     console.print(head)
     table = Table(title="splits")
     for col in ("split", "utterances", "hours", "shards", "bytes on disk", "bytes/frame/layer", "compression"):
@@ -100,7 +101,7 @@ def verify(path: Path) -> int:
     errors = [f for f in findings if f.severity == "error"]
     for finding in findings:
         colour = "red" if finding.severity == "error" else "yellow"
-        console.print(f"[{colour}]{finding}[/]", highlight=False, soft_wrap=True)
+        console.print(f"[{colour}]{escape(str(finding))}[/]", highlight=False, soft_wrap=True)
     if not errors:
-        console.print(f"[green]lake {path} verified[/]: every shard committed, index consistent, chunks readable, checksums match")
+        console.print(f"[green]lake {escape(str(path))} verified[/]: every shard committed, index consistent, chunks readable, checksums match")
     return len(errors)

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import torch
+from rich.markup import escape
 from rich.table import Table
 
 from fhb.errors import FhbError
@@ -30,7 +31,7 @@ def write_random_teacher(out: Path, arch: str, seed: int) -> Path:
 def describe_teacher(path: Path, libri_root: Path | None, split: str, limit: int) -> None:
     """Print a teacher's architecture; with ``libri_root``, run it on ``limit`` utterances."""
     teacher = load_teacher(path)
-    table = Table(title=f"teacher {path.name}", show_header=False)
+    table = Table(title=f"teacher {escape(path.name)}", show_header=False)
     params = sum(p.numel() for p in teacher.model.parameters())
     for key, value in [
         ("model", teacher.model_name),

@@ -73,8 +73,20 @@ def read_lock(lake_path: str | os.PathLike[str]) -> LockInfo | None:
 
 
 def break_lock(lake_path: str | os.PathLike[str]) -> LockInfo | None:
-    """Remove the lake's lock file (what ``fhb unlock LAKE`` does); returns the former holder."""
+    """Remove the lake's lock file (what ``fhb unlock LAKE`` does); returns the former holder.
+
+    Refuses (`FhbError`) while the holder is another process that is still running on this host:
+    breaking its lock would let a second extraction write the lake at the same time.
+    """
     info = read_lock(lake_path)
+    if info is not None and info.pid != os.getpid() and info.hostname == socket.gethostname() \
+            and _pid_alive(info.pid):
+        raise FhbError(
+            f"lake {lake_path} is locked by {info.describe()}, which is still running"
+            + (f" ({info.command})" if info.command else "")
+            + f"; stop that process first (or, if pid {info.pid} is not an fhb process, delete "
+            f"{lock_path(lake_path)} by hand)"
+        )
     try:
         lock_path(lake_path).unlink()
     except FileNotFoundError:
@@ -108,7 +120,12 @@ class LakeLock:
             raise FhbError(
                 f"lake {self.lake_path}: expected a directory, found a file; choose another path"
             )
-        self.lake_path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.lake_path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FhbError(
+                f"lake {self.lake_path}: cannot create the directory ({exc.strerror}); choose another path"
+            ) from None
         token = uuid.uuid4().hex
         info = {
             "pid": os.getpid(),
@@ -121,10 +138,14 @@ class LakeLock:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             raise self._held_error() from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(info, f)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(info, f)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:  # e.g. a full disk: leave no empty lock file that `fhb unlock` must clear
+            self.path.unlink(missing_ok=True)
+            raise
         self._token = token
         logger.debug("locked %s", self.lake_path)
         return self
