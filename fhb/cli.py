@@ -248,8 +248,21 @@ def _split_list(value: str) -> list[str]:
     return splits
 
 
+class _Terminated(BaseException):
+    """Raised by the SIGTERM handler; unwinds like Ctrl-C without click turning it into an abort."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM (a scheduler's time limit, a pre-emption): unwind like Ctrl-C, so locks are released
+    and nothing half-written is committed; rerunning the same command resumes."""
+    raise _Terminated
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning user errors into one line."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except FhbError as exc:
@@ -261,7 +274,10 @@ def main() -> None:
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Terminated):
+        from fhb.pipeline.logging_setup import console
+
+        console.print("[yellow]interrupted[/]: rerun the same command to resume", highlight=False)
         sys.exit(130)
 
 

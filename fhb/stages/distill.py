@@ -325,6 +325,13 @@ class _Trainer:
             from fhb.pipeline.teacher import load_teacher
 
             self.teacher = load_teacher(s.online_teacher, device=device)
+            lake_teacher = self.lake.meta.teacher
+            if self.teacher.sha256 != lake_teacher.sha256:
+                raise FhbError(
+                    f"--online-teacher {s.online_teacher} (sha256 {self.teacher.sha256[:12]}…) is not the teacher "
+                    f"that wrote the lake {s.cache} ({lake_teacher.name}, sha256 {lake_teacher.sha256[:12]}…): the "
+                    f"online baseline would train on other targets; pass the lake's teacher checkpoint"
+                )
         n_teacher = self.teacher.num_layers if self.teacher is not None else self.lake.meta.teacher.num_layers
         self.needed = required_layers(fit, n_teacher)
         if not self.needed:
@@ -585,6 +592,8 @@ def _run(s: DistillSettings, fit: Any, dist: DistInfo, device: torch.device, res
         found = run_state.load_latest_checkpoint(run_dir)
         if found is None:
             logger.info("--resume: no checkpoint in %s, starting from scratch", run_dir)
+            if dist.is_main:
+                run_state.truncate_metrics(run_dir, 0)  # what a killed first attempt logged
         else:
             path, state = found
             tr.load(state)

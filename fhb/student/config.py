@@ -562,6 +562,9 @@ def load_fithubert_yaml(path: str | Path) -> FitConfig:
                        f"or use one of fhb's packaged configs {list(PACKAGED_CONFIGS)}") from None
     except IsADirectoryError:
         raise FhbError(f"{path}: is a directory; expected a FitHuBERT yaml file; pass the file") from None
+    except UnicodeDecodeError as exc:
+        raise FhbError(f"{path}: expected a UTF-8 yaml file, found undecodable bytes at offset {exc.start}; "
+                       f"save the config as UTF-8") from None
     return _parse(text, str(path))
 
 
