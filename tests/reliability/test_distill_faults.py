@@ -127,10 +127,6 @@ def test_distill_sigkilled_five_times_then_resumed_equals_uninterrupted(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (fhb/stages/distill.py _run, not ours to edit): killed after the first metrics line but before the first "
-    "checkpoint, `--resume` starts from scratch without truncating metrics.jsonl (truncate_metrics is only called "
-    "when a checkpoint is found), so update 1 is logged twice and `fhb report` plots it twice"))
 def test_distill_killed_before_first_checkpoint_logs_each_update_once(
     uninterrupted: tuple[Path, list[str]], reference_lake: Path, tmp_path: Path, cli: Any
 ) -> None:
@@ -180,10 +176,6 @@ def test_distill_refuses_what_is_not_a_lake(distill_ready: None, kind: str, tmp_
     assert_user_error(cli(*_distill_args(lake, tmp_path / "run")), str(lake))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "PENDING in fhb/stages/distill.py (not ours to edit): --online-teacher is not compared with the teacher "
-    "that wrote the lake (sha256 in the lake's root attributes); a run on another teacher's lake trains "
-    "silently instead of being refused (or at least named)"))
 def test_distill_refuses_online_teacher_other_than_the_lakes(
     distill_ready: None, reference_lake: Path, tmp_path: Path, cli: Any
 ) -> None:

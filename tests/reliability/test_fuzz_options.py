@@ -228,9 +228,6 @@ def test_student_yaml_text_fuzz_only_fhb_errors(text: str, tmp_path_factory: pyt
         event("refused")
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError, reason=(
-    "BUG (fhb/student/config.py load_fithubert_yaml, not ours to edit): a yaml that is not UTF-8 raises "
-    "UnicodeDecodeError instead of an FhbError naming the file"))
 def test_student_yaml_not_utf8(tmp_path: Path) -> None:
     from fhb.student.config import load_fithubert_yaml
 
