@@ -11,9 +11,12 @@ root attributes, once every shard of a split has committed. Rerunning the same c
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ import torch
 from fhb.errors import FhbError
 from fhb.pipeline.audio import AudioError, load_audio_int16
 from fhb.pipeline.corpus import Manifest, scan_librispeech
-from fhb.pipeline.teacher import Teacher, load_teacher
+from fhb.pipeline.teacher import Teacher, TeacherSpec, load_teacher, read_teacher_spec
 from fhb.stages.shard_plan import ShardJob, plan_shards
 from fhb.storage.format import LakeMeta, SplitInfo, TeacherMeta
 from fhb.storage.index import ShardAttrs
@@ -50,6 +53,9 @@ class ExtractOptions:
     batch_seconds: float
     on_bad_audio: str
     torch_threads: int
+    teacher_sha256: str | None = None
+    teacher_size: int | None = None
+    teacher_mtime_ns: int | None = None
 
 
 @dataclass(frozen=True)
@@ -111,7 +117,19 @@ def _worker_teacher(opts: ExtractOptions) -> Teacher:
     key = (opts.teacher, opts.device, opts.precision)
     if key not in _TEACHERS:
         torch.set_num_threads(opts.torch_threads)
-        _TEACHERS[key] = load_teacher(opts.teacher, device=opts.device, precision=opts.precision)
+        # The client hashed the file already; hash again only if it changed since (size/mtime).
+        sha = opts.teacher_sha256
+        stat = Path(opts.teacher).stat()
+        if (stat.st_size, stat.st_mtime_ns) != (opts.teacher_size, opts.teacher_mtime_ns):
+            sha = None
+        teacher = load_teacher(opts.teacher, device=opts.device, precision=opts.precision, sha256=sha)
+        if opts.teacher_sha256 is not None and teacher.sha256 != opts.teacher_sha256:
+            raise FhbError(
+                f"--teacher {opts.teacher}: the file changed while extracting (sha256 "
+                f"{teacher.sha256[:12]}… here, {opts.teacher_sha256[:12]}… when the run started); "
+                f"rerun with a checkpoint that stays in place"
+            )
+        _TEACHERS[key] = teacher
     return _TEACHERS[key]
 
 
@@ -142,7 +160,7 @@ def extract_shard(job: ShardJob, meta: LakeMeta, opts: ExtractOptions) -> ShardR
             if opts.on_bad_audio == "error":
                 raise FhbError(f"{exc} (nothing was committed for {job.split}/{job.name}; "
                                f"rerun with --on-bad-audio skip to leave such files out)") from None
-            skipped.append((str(utt.path), exc.reason))
+            skipped.append((str(utt.path), f"{exc.reason}; {exc.fix}" if exc.fix else exc.reason))
     skipped += [(str(p.path), p.reason) for p in job.problems]
     usable = sorted(audio)
     expected_frames = sum(teacher.num_frames(len(audio[i])) for i in usable)
@@ -151,8 +169,15 @@ def extract_shard(job: ShardJob, meta: LakeMeta, opts: ExtractOptions) -> ShardR
     targets: dict[int, np.ndarray] = {}
     cnn: dict[int, np.ndarray] = {}
     next_to_write = 0
+    # On CPU the teacher keeps every core busy (torch_threads = the worker's share of the cores),
+    # so a background encoder thread would only preempt its OpenMP threads (and a preempted
+    # thread stalls the whole parallel region); encode in line, between teacher batches, with
+    # as many threads as the teacher uses. On a GPU the CPU is idle during the forward pass:
+    # encode and write on the background thread, overlapped with it.
+    background = torch.device(opts.device).type != "cpu"
     with ShardWriter(opts.lake, job.split, job.name, meta, expected_frames=expected_frames,
-                     expected_samples=expected_samples) as writer:
+                     expected_samples=expected_samples, background=background,
+                     threads=None if background else opts.torch_threads) as writer:
         for path, reason in skipped:
             writer.skip(Path(path).name.split(".")[0], path, reason)
         for batch in _batches_by_seconds([len(audio[i]) for i in usable], opts.batch_seconds):
@@ -184,7 +209,7 @@ def extract_shard(job: ShardJob, meta: LakeMeta, opts: ExtractOptions) -> ShardR
 # Client side
 
 
-def _teacher_meta(teacher: Teacher) -> TeacherMeta:
+def _teacher_meta(teacher: Teacher | TeacherSpec) -> TeacherMeta:
     config = {k: v for k, v in teacher.config.items() if isinstance(v, (str, int, float, bool, type(None), list))}
     return TeacherMeta(name=teacher.path.name, sha256=teacher.sha256, config=config,
                        num_layers=teacher.num_layers, dim=teacher.dim, path=str(teacher.path.resolve()))
@@ -204,6 +229,29 @@ def _check_plan_matches(lake: Path, plans: dict[str, list[ShardJob]]) -> None:
                     f"this run plans (was it extracted with another --shard-hours or corpus?); "
                     f"rerun with the original options, or pass --overwrite to start over"
                 )
+
+
+def _check_run_options(workers: int | None, threads: int | None, device: str, precision: str,
+                       scheduler: str | None) -> None:
+    """Refuse what would otherwise fail in a worker, after the lake was created (or not at all)."""
+    if workers is not None and workers < 0:
+        raise FhbError(f"--workers {workers}: expected 0 (run in-process) or more worker processes")
+    if threads is not None and threads < 0:
+        raise FhbError(f"--threads {threads}: expected a positive number of torch threads per worker")
+    if precision not in ("fp32", "fp16", "bf16"):
+        raise FhbError(f"--precision {precision!r}: expected fp32, or fp16/bf16 with --device cuda")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise FhbError(f"--device {device!r}: expected cpu or cuda (or cuda:N)") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise FhbError(f"--device {device!r}: expected cpu or cuda (or cuda:N)")
+    if precision != "fp32" and dev.type != "cuda":
+        raise FhbError(f"--precision {precision} needs --device cuda; on {dev.type} use fp32")
+    if dev.type == "cuda" and scheduler is None:  # a remote cluster's workers may have GPUs this host lacks
+        found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if found <= (dev.index or 0):
+            raise FhbError(f"--device {device}: this machine has {found} CUDA device(s); use --device cpu")
 
 
 def run_extract(
@@ -252,8 +300,9 @@ def run_extract(
 
     if on_bad_audio not in BAD_AUDIO_POLICIES:
         raise FhbError(f"--on-bad-audio {on_bad_audio!r}: expected one of {', '.join(BAD_AUDIO_POLICIES)}")
-    if shard_hours <= 0 or batch_seconds <= 0:
-        raise FhbError(f"--shard-hours and --batch-seconds must be positive; found {shard_hours}, {batch_seconds}")
+    if not (0 < shard_hours < math.inf and 0 < batch_seconds < math.inf):  # NaN fails too
+        raise FhbError(f"--shard-hours and --batch-seconds must be positive numbers; found {shard_hours}, {batch_seconds}")
+    _check_run_options(workers, threads, device, precision, scheduler)
     if not Path(teacher).is_file():
         raise FhbError(f"--teacher {teacher}: no such file; pass a fairseq HuBERT/wav2vec 2.0 checkpoint (.pt)")
     started = time.perf_counter()
@@ -265,24 +314,26 @@ def run_extract(
             f"{first.path}: {first.reason} ({len(manifest.problems)} unusable file(s) in the corpus; "
             f"nothing was written); fix the file or rerun with --on-bad-audio skip"
         )
-    client_teacher = load_teacher(teacher)
+    # The client needs the teacher's config and digest only: its weights are loaded by the
+    # workers (reading the metadata takes milliseconds; building the model ~1 s per process).
+    spec = read_teacher_spec(teacher)
     meta = LakeMeta(
-        teacher=_teacher_meta(client_teacher),
-        layers=parse_layers(layers, client_teacher.num_layers),
+        teacher=_teacher_meta(spec),
+        layers=parse_layers(layers, spec.num_layers),
         dtype=dtype,
         cnn_features=cnn_features,
-        cnn_dim=client_teacher.dim if cnn_features else None,
+        cnn_dim=spec.dim if cnn_features else None,
         splits={s: SplitInfo() for s in splits},
     )
-    del client_teacher
     opts = ExtractOptions(
         teacher=str(Path(teacher).resolve()), lake=str(Path(out).resolve()), layers=meta.layers,
         cnn_features=cnn_features, device=device, precision=precision, batch_seconds=batch_seconds,
         on_bad_audio=on_bad_audio, torch_threads=threads or threads_per_worker(max(1, workers)),
+        teacher_sha256=spec.sha256, teacher_size=spec.size, teacher_mtime_ns=spec.mtime_ns,
     )
     plans = plan_shards(manifest, splits, shard_hours, include_problems=on_bad_audio == "skip")
     summary = ExtractSummary(lake=Path(out))
-    with LakeLock(out):
+    with _lake_write_errors(Path(out)), LakeLock(out):
         meta = create_lake(out, meta, overwrite=overwrite)
         _check_plan_matches(Path(out), plans)
         todo = [job for split in splits for job in plans[split] if not is_shard_committed(out, split, job.name)]
@@ -322,3 +373,32 @@ def run_extract(
             update_split_listing(out, split, [job.name for job in plans[split]])
     summary.wall_seconds = time.perf_counter() - started
     return summary
+
+
+_LAKE_WRITE_ERRORS = {
+    errno.ENOSPC: ("the disk is full", "free some space"),
+    errno.EDQUOT: ("the disk quota is exceeded", "free some space"),
+    errno.EROFS: ("the file system is read-only", "make it writable"),
+    errno.EACCES: ("permission denied", "fix the permissions"),
+}
+"""OSErrors writing the lake that the user can fix: (what happened, the fix)."""
+
+
+@contextlib.contextmanager
+def _lake_write_errors(out: Path) -> Iterator[None]:
+    """Turn a full disk (or a read-only / forbidden lake) into one FhbError; the lake stays resumable.
+
+    Covers the client's writes and, re-raised by dask, the workers' (a shard being written when
+    the disk fills up is discarded; committed shards are kept).
+    """
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _LAKE_WRITE_ERRORS:
+            raise
+        what, fix = _LAKE_WRITE_ERRORS[exc.errno]
+        where = f": {exc.filename}" if exc.filename else ""
+        raise FhbError(
+            f"cannot write the lake {out}: {what} ({exc.strerror}{where}); {fix} (or choose another --out) "
+            f"and rerun the same command: the shards committed so far are kept"
+        ) from exc

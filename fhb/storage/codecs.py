@@ -344,3 +344,92 @@ def _raise_nonfinite(x: np.ndarray, what: str, target: str) -> None:
         f"{what}: expected |x| <= {_FLOAT16_MAX:g} for {target}, found max |x| = {absmax:g}; "
         f"use dtype bfloat16 or float32 for this teacher"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Partial Blosc decoding (the loader's fast path)
+
+_GETITEM: Any = None
+
+
+def _blosc_getitem_fn() -> Any:
+    """c-blosc's ``blosc_getitem`` from numcodecs' bundled library (ctypes), or None."""
+    global _GETITEM
+    if _GETITEM is None:
+        try:
+            import ctypes
+
+            import numcodecs.blosc as nb
+
+            fn = ctypes.CDLL(nb.__file__).blosc_getitem
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+            fn.restype = ctypes.c_int
+            _GETITEM = fn
+        except (ImportError, OSError, AttributeError):  # another numcodecs build: full decodes
+            _GETITEM = False
+    return _GETITEM or None
+
+
+def blosc_getitem_available() -> bool:
+    """Whether `blosc_decode_items` can decode parts of a Blosc frame."""
+    return _blosc_getitem_fn() is not None
+
+
+def check_blosc_frame(src: np.ndarray, itemsize: int, min_nbytes: int, nbytes: int | None = None) -> int:
+    """Check a Blosc frame's 16-byte header before c-blosc trusts it; returns its decoded size.
+
+    The typesize must be ``itemsize`` (one flipped header byte would make ``blosc_getitem`` write
+    past its destination), the compressed size the frame's length, and the decoded size at least
+    ``min_nbytes`` (exactly ``nbytes`` when given). `FhbError` otherwise: the chunk is damaged.
+    """
+    problem = None
+    if src.size < 16:
+        problem = f"{src.size} bytes, shorter than a Blosc header"
+    else:
+        head = src[:16].tobytes()
+        version, typesize = head[0], head[3]
+        size, block, cbytes = (int.from_bytes(head[k : k + 4], "little") for k in (4, 8, 12))
+        if version not in (1, 2):
+            problem = f"Blosc format version {version}"
+        elif typesize != itemsize:
+            problem = f"typesize {typesize} in its header, expected {itemsize}"
+        elif cbytes != src.size:
+            problem = f"{cbytes} compressed bytes in its header, {src.size} in the file"
+        elif size < min_nbytes or (nbytes is not None and size != nbytes) or (size and not 0 < block <= max(size, 1 << 16)):
+            problem = f"{size} decoded bytes / block size {block} in its header, expected {nbytes or min_nbytes}"
+        else:
+            return size
+    raise FhbError(
+        f"blosc chunk: expected a valid Blosc frame, found a damaged one ({problem}); run `fhb verify` "
+        f"on the lake and re-extract the shard it names"
+    )
+
+
+def blosc_decode_items(src: np.ndarray, start: int, out: np.ndarray) -> None:
+    """Decode items ``start .. start + out.size`` of the Blosc frame ``src`` into ``out``.
+
+    ``src``: a uint8 array holding one complete Blosc frame (e.g. a zarr chunk file). Only the
+    Blosc blocks that overlap the range are decompressed (c-blosc's ``blosc_getitem``), so a
+    reader that needs 600 frames of a 2048-frame chunk pays for about 600 frames, not 2048.
+    ``out`` must be C-contiguous, of the frame's item size. Falls back to a full decode when
+    ``blosc_getitem`` is unavailable.
+    """
+    assert out.flags.c_contiguous and src.flags.c_contiguous
+    n = out.size
+    if n == 0:
+        return
+    check_blosc_frame(src, out.dtype.itemsize, (start + n) * out.dtype.itemsize)
+    fn = _blosc_getitem_fn()
+    if fn is not None:
+        got = fn(src.ctypes.data, int(start), int(n), out.ctypes.data)
+        if got == out.nbytes:
+            return
+        if got < 0:
+            raise FhbError(
+                f"blosc chunk: expected a valid Blosc frame, found a damaged one (blosc_getitem "
+                f"returned {got}); run `fhb verify` on the lake"
+            )
+    import numcodecs.blosc as nb
+
+    flat = np.frombuffer(nb.decompress(src), dtype=out.dtype)
+    out.reshape(-1)[...] = flat[start : start + n]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ from zarr.abc.store import Store
 from zarr.storage import LocalStore
 
 from fhb.errors import FhbError
-from fhb.storage.codecs import TargetCodec
+from fhb.storage.codecs import TargetCodec, blosc_decode_items, check_blosc_frame
 from fhb.storage.format import (
     AUDIO_ARRAY,
     CNN_ARRAY,
@@ -130,6 +132,14 @@ class ShardView:
         out = np.empty((stop - start, int(self.meta.cnn_dim or 0)), dtype=np.float32)
         return self._decode_into(CNN_ARRAY, start, stop, out)
 
+    def rows(self, name: str) -> ArrayRows:
+        """A row-range reader of array ``name`` (see `ArrayRows`; opened once, then cached)."""
+        key = f"rows:{name}"
+        reader = self._arrays.get(key)
+        if reader is None:
+            reader = self._arrays[key] = ArrayRows(self._store, self.array(name), f"{self.split}/{self.name}/{name}")
+        return reader  # type: ignore[return-value]
+
     def read_audio(self, start: int, stop: int) -> np.ndarray:
         """Samples ``start:stop`` of the shard's audio: ``S`` int16."""
         return np.asarray(self.array(AUDIO_ARRAY)[start:stop])
@@ -156,6 +166,168 @@ class ShardView:
                 f"re-extract with them"
             )
         return wanted
+
+
+_LOCAL = threading.local()
+
+
+def _local_buffer(kind: str, nbytes: int) -> np.ndarray:
+    """A per-thread scratch buffer of at least ``nbytes`` (reused: no fresh pages per read)."""
+    buf = getattr(_LOCAL, kind, None)
+    if buf is None or buf.size < nbytes:
+        buf = np.empty(max(nbytes, 4 << 20), dtype=np.uint8)
+        setattr(_LOCAL, kind, buf)
+    return buf
+
+
+def _spare_buffers() -> list[np.ndarray]:
+    spare = getattr(_LOCAL, "spare", None)
+    if spare is None:
+        spare = _LOCAL.spare = []
+    return spare
+
+
+class ArrayRows:
+    """Decodes row ranges of one array into caller-provided memory, chunk by chunk.
+
+    Two steps for batch builders: `want` each row range first, then `read_into` each. Every chunk
+    is then decoded once, over the union of the rows wanted from it (whole chunks where all rows
+    are wanted), and `read_into` copies out of that; `release` forgets the decoded rows (their
+    buffers are reused). Without `want`, `read_into` decodes just the requested rows.
+
+    On a local lake whose arrays use the lake's codec chain (little-endian bytes + Blosc) the chunk
+    files are read as they are and decoded with c-blosc directly: no zarr call per read, and a
+    chunk whose rows are only partly wanted (at the edge of a block of utterances) decompresses
+    only the Blosc blocks that hold them (`fhb.storage.codecs.blosc_decode_items`). Other stores
+    and codecs go through zarr, one whole chunk at a time.
+    """
+
+    def __init__(self, store: Store, array: zarr.Array, path: str) -> None:
+        self.array = array
+        self.path = path
+        self.chunk_rows = int(array.chunks[0])
+        self.rows = int(array.shape[0])
+        self.row_shape = tuple(int(n) for n in array.shape[1:])
+        self.row_items = int(np.prod(self.row_shape, dtype=np.int64)) if self.row_shape else 1
+        self.dtype = np.dtype(array.dtype.to_native_dtype() if hasattr(array.dtype, "to_native_dtype") else array.dtype)
+        self._dir: Path | None = None
+        codecs = getattr(array.metadata, "codecs", ())
+        names = [type(c).__name__ for c in codecs]
+        endian = getattr(codecs[0], "endian", None) if codecs else None
+        chunked_rows_only = tuple(array.chunks[1:]) == self.row_shape
+        if (isinstance(store, LocalStore) and names == ["BytesCodec", "BloscCodec"]
+                and (endian is None or getattr(endian, "value", endian) == sys.byteorder)
+                and chunked_rows_only):
+            self._dir = Path(store.root) / path
+        self._wanted: dict[int, tuple[int, int]] = {}
+        self._decoded: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}  # i -> (first row, rows, buffer)
+
+    @property
+    def direct(self) -> bool:
+        """Whether chunk files are read and decoded without zarr."""
+        return self._dir is not None
+
+    def want(self, start: int, stop: int) -> None:
+        """Announce that rows ``start:stop`` will be read (before any `read_into`)."""
+        c = self.chunk_rows
+        for i in range(start // c, (stop - 1) // c + 1 if stop > start else start // c):
+            lo, hi = max(start, i * c) - i * c, min(stop, (i + 1) * c) - i * c
+            old = self._wanted.get(i)
+            self._wanted[i] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+
+    def read_into(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        """Rows ``start:stop`` into ``out`` (C-contiguous, ``stop - start`` rows, stored dtype)."""
+        c = self.chunk_rows
+        pos = start
+        while pos < stop:
+            i = pos // c
+            end = min(stop, (i + 1) * c)
+            dest = out[pos - start : end - start]
+            lo, hi = pos - i * c, end - i * c
+            got = self._decoded.get(i)
+            if got is None and (i in self._wanted or self._dir is None):
+                got = self._decode(i)
+            if got is not None and got[0] <= lo and hi <= got[0] + len(got[1]):
+                dest[...] = got[1][lo - got[0] : hi - got[0]]
+            else:
+                assert self._dir is not None
+                blosc_decode_items(self._chunk_bytes(i), lo * self.row_items, dest)
+            pos = end
+        return out
+
+    def decode_span(self, i: int, lo: int, hi: int) -> np.ndarray:
+        """Rows ``lo:hi`` of chunk ``i`` (chunk-relative), decoded into a scratch buffer that the
+        next call overwrites: copy out of it at once (it is still in the CPU cache then)."""
+        c = self.chunk_rows
+        nbytes = (hi - lo) * self.row_items * self.dtype.itemsize
+        rows = _local_buffer("scratch", nbytes)[:nbytes].view(self.dtype).reshape(hi - lo, *self.row_shape)
+        if self._dir is None:
+            rows[...] = np.asarray(self.array[i * c + lo : i * c + hi])
+        elif lo == 0 and hi == c:
+            import numcodecs.blosc as nb
+
+            src = self._chunk_bytes(i)
+            check_blosc_frame(src, self.dtype.itemsize, rows.nbytes, rows.nbytes)
+            nb.decompress(src, rows)
+        else:
+            blosc_decode_items(self._chunk_bytes(i), lo * self.row_items, rows)
+        return rows
+
+    def release(self) -> None:
+        """Forget what was wanted and decoded (the buffers are reused by later reads)."""
+        spare = _spare_buffers()
+        spare.extend(buf for _, _, buf in self._decoded.values())
+        del spare[16:]  # keep a few for the next window; the rest goes back to the allocator
+        self._decoded.clear()
+        self._wanted.clear()
+
+    def _decode(self, i: int) -> tuple[int, np.ndarray, np.ndarray]:
+        c = self.chunk_rows
+        valid = min(c, self.rows - i * c)
+        lo, hi = self._wanted.get(i, (0, valid))
+        if self._dir is None:
+            lo, hi = 0, valid
+        buf = self._buffer(c * self.row_items * self.dtype.itemsize)
+        rows = buf[: (hi - lo) * self.row_items * self.dtype.itemsize].view(self.dtype).reshape(hi - lo, *self.row_shape)
+        if self._dir is None:
+            rows[...] = np.asarray(self.array[i * c : i * c + valid])
+        elif lo == 0 and hi == valid == c:
+            import numcodecs.blosc as nb
+
+            src = self._chunk_bytes(i)
+            check_blosc_frame(src, self.dtype.itemsize, rows.nbytes, rows.nbytes)
+            nb.decompress(src, rows)
+        else:
+            blosc_decode_items(self._chunk_bytes(i), lo * self.row_items, rows)
+        got = self._decoded[i] = (lo, rows, buf)
+        return got
+
+    def _chunk_bytes(self, i: int) -> np.ndarray:
+        """The compressed bytes of chunk ``i`` (in a buffer reused by the next call)."""
+        assert self._dir is not None
+        coords = (i,) + (0,) * (self.array.ndim - 1)
+        path = self._dir / self.array.metadata.encode_chunk_key(coords)
+        try:
+            with open(path, "rb", buffering=0) as f:
+                size = os.fstat(f.fileno()).st_size
+                raw = _local_buffer("raw", size)
+                got = f.readinto(memoryview(raw)[:size])
+        except FileNotFoundError:
+            raise FhbError(
+                f"{self.path}: expected chunk {i} at {path}, found none; the shard is damaged: run "
+                f"`fhb verify` and re-extract it"
+            ) from None
+        if got != size:
+            raise FhbError(f"{self.path}: chunk {i} ({path}) changed while being read; retry")
+        return raw[:size]
+
+    def _buffer(self, size: int) -> np.ndarray:
+        """A reused buffer of at least ``size`` bytes (fresh pages cost a page fault per 4 KiB)."""
+        spare = _spare_buffers()
+        for j, b in enumerate(spare):
+            if b.size >= size:
+                return spare.pop(j)
+        return np.empty(size, dtype=np.uint8)
 
 
 class SplitView:
