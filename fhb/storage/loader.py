@@ -36,6 +36,8 @@ every requested layer) while it is being built, plus its assembled batches.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import math
 import queue
 import threading
@@ -416,6 +418,26 @@ class _WindowReader:
 # Worker processes: started once per loader, batch buffers in shared memory reused.
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker when its parent dies.
+
+    A training process killed with SIGKILL (a pre-emption, the OOM killer) cannot stop its
+    workers; without this they would wait on their task queue forever, holding shared memory.
+    Elsewhere the parent's normal shutdown stops them.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_PDEATHSIG = 1
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request was made
+        os._exit(1)
+
+
 def _worker_main(reader: _WindowReader, tasks: Any, results: Any) -> None:
     """A worker: builds the windows it is sent into shared-memory slots it reuses.
 
@@ -427,6 +449,7 @@ def _worker_main(reader: _WindowReader, tasks: Any, results: Any) -> None:
     """
     import gc
 
+    _die_with_parent()
     # Everything inherited from the parent goes to the permanent generation: otherwise every
     # full collection walks (and writes to) the parent's whole heap, a copy-on-write page fault
     # per page; measured as most of a worker's time before this.
