@@ -23,6 +23,7 @@ from zarr.storage import LocalStore
 
 from fhb.errors import FhbError
 from fhb.storage.codecs import TargetCodec, blosc_decode_items, check_blosc_frame
+from fhb.storage.index import crc32
 from fhb.storage.format import (
     AUDIO_ARRAY,
     CNN_ARRAY,
@@ -147,12 +148,41 @@ class ShardView:
     def _decode_into(self, name: str, start: int, stop: int, out: np.ndarray) -> np.ndarray:
         if stop <= start:
             return out
-        data = np.asarray(self.array(name)[start:stop])
+        data = self.read_checked(name, start, stop)
         scales = None
         if self.codec.has_scales:
             b = self.codec.scale_block_frames or self.codec.chunk_frames
-            scales = np.asarray(self.array(scale_array_name(name))[start // b : (stop - 1) // b + 1])
+            scales = self.read_checked(scale_array_name(name), start // b, (stop - 1) // b + 1)
         return self.codec.decode(data, scales, first_frame=start, out=out)
+
+    def read_checked(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of array ``name`` as stored, from whole chunks whose crc32 equals the
+        one recorded at write time (the random-access path; the loader has its own fast path).
+
+        Raises:
+            FhbError: naming the shard, array and chunk when a chunk does not decode, is missing
+                or holds other values than were written (damage on disk).
+        """
+        arr = self.array(name)
+        c = int(arr.chunks[0])
+        first, last = start // c, (stop - 1) // c
+        lo, hi = first * c, min((last + 1) * c, int(arr.shape[0]))
+        where = f"shard {self.split}/{self.name}, array {name}"
+        fix = "the lake is damaged on disk: run `fhb verify` and re-extract the shard"
+        try:
+            data = np.asarray(arr[lo:hi])
+        except FhbError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (codec errors come as several types)
+            raise FhbError(f"{where}, chunks {first}..{last}: do not decode ({type(exc).__name__}); {fix}") from None
+        sums = self.attrs.checksums.get(name)
+        if sums is not None:
+            for i in range(first, last + 1):
+                got = crc32(data[(i - first) * c : (i - first + 1) * c])
+                if i >= len(sums) or got != sums[i]:
+                    raise FhbError(f"{where}, chunk {i}: crc32 {got:#010x} differs from the one written "
+                                   f"({sums[i] if i < len(sums) else 'none'}); {fix}")
+        return data[start - lo : stop - lo]
 
     def _check_layers(self, layers: Sequence[int] | None) -> tuple[int, ...]:
         if layers is None:

@@ -127,6 +127,9 @@ def create_lake(path: str | os.PathLike[str], meta: LakeMeta, overwrite: bool = 
         logger.warning("overwriting lake %s (%s)", p, "; ".join(diffs))
         _wipe(p)
     elif p.exists():
+        # A kill while zarr wrote the new lake's first zarr.json leaves only its temporary file.
+        for leftover in p.glob(f"{ZARR_JSON.split('.')[0]}.*.partial"):
+            leftover.unlink(missing_ok=True)
         entries = sorted(e.name for e in p.iterdir() if e.name != LOCK_FILE)
         if entries:
             raise FhbError(

@@ -76,10 +76,7 @@ def test_sigkill_at_random_point_then_rerun_equals_uninterrupted(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("moment", [
-    pytest.param("first-root-write-unrenamed", marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG (fhb/storage/writer.py create_lake, not ours to edit): a kill while zarr writes the new lake's "
-        "zarr.json leaves only 'zarr.<hex>.partial' (zarr's atomic-write temp file) in the lake directory, and "
-        "create_lake then refuses it as 'not an fhb lake' forever; it should ignore/remove *.partial files"))),
+    "first-root-write-unrenamed",
     "before-commit-rename", "before-commit-marker", "listing-update", "before-unlock",
 ])
 def test_sigkill_at_critical_moment_then_rerun_equals_uninterrupted(

@@ -128,16 +128,7 @@ def test_verify_names_shard_array_and_chunk(how: str, lake: Path, cli: Any) -> N
     assert "verified" not in result.stderr
 
 
-READER_BUG = pytest.mark.xfail(strict=True, reason=(
-    "BUG (fhb/storage/reader.py, not ours to edit): ShardView reads chunks without checking them: an undecodable "
-    "chunk raises a bare RuntimeError from blosc (no shard named), and a chunk that decodes to other bytes, is "
-    "missing (zarr fills zeros) or was swapped is returned as silent garbage; the stored per-chunk crc32 should be "
-    "checked and failures raised as FhbError naming split/shard/array/chunk"))
-
-
-@pytest.mark.parametrize("how", [
-    pytest.param(h, marks=READER_BUG) for h in CORRUPTIONS
-])
+@pytest.mark.parametrize("how", CORRUPTIONS)
 def test_reading_a_corrupted_utterance_raises_naming_the_shard(how: str, lake: Path, reference_lake: Path) -> None:
     _corrupt(lake, how)
     view, ref = open_lake(lake)["dev-clean"], open_lake(reference_lake)["dev-clean"]
