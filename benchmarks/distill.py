@@ -4,8 +4,9 @@
 
 One run, CPU, fp32, the same LibriSpeech-like utterances (~5 s each) in batches of 4:
 
-(a) teacher forward alone (HuBERT-Base-shaped random teacher, the batches' utterances),
-(b) student training step alone, targets already in RAM (forward, loss, backward, AdamW step),
+(a) teacher forward alone (HuBERT-Base-shaped random teacher) on the batches the loader plans,
+(b) student training step alone on the same batches, read into RAM beforehand (forward, loss,
+    backward, AdamW step),
 (c) cached step: `run_distill` from a lake of the same utterances (loader wait included),
 (d) online step: `run_distill --online-teacher` (the teacher runs on every batch).
 
@@ -111,11 +112,21 @@ def main() -> None:
         model, loss_fn, _ = build_model_and_loss(fit, 0, teacher.num_layers)
         opt, sched = build_optimizer(model, OptimConfig.from_yaml(fit.optimizer), total_steps=len(batches) + 3)
         layers = list(range(1, teacher.num_layers + 1))
-        ram = []
-        for b in batches:
-            w = torch.nn.utils.rnn.pad_sequence([wavs[i] for i in b], batch_first=True)
-            t, tl = pad_targets([targets[i].half() for i in b])
-            ram.append((w, torch.tensor([lengths[i] for i in b]), t, tl))
+        # The batches the cached run will train on (same loader plan: seed 0, epoch 0), read
+        # into RAM beforehand, so (b) and (c) differ only in where the targets come from.
+        from fhb.storage.loader import LakeLoader
+
+        with LakeLoader(tmp / "lake", [SPLIT], layers, batch_size=BATCH, seed=0, workers=0) as loader:
+            loader.set_epoch(0)
+            ram = [(bt.wavs.clone(), bt.wav_lengths.clone(), bt.targets.clone(), bt.target_lengths.clone())
+                   for bt in loader]
+        # (a) again, on exactly those batches: the teacher's share of an online step.
+        t_teacher = []
+        for w, wl, _, _ in ram:
+            t0 = time.perf_counter()
+            teacher.extract([teacher.prepare(w[j, : int(n)]) for j, n in enumerate(wl)])
+            t_teacher.append(time.perf_counter() - t0)
+        a = statistics.median(t_teacher)
         t_student = []
         for w, wl, t, tl in ram[:1] * 2 + ram:  # two warm-up steps (allocator, AdamW state), then timed
             t0 = time.perf_counter()
@@ -153,7 +164,7 @@ def main() -> None:
     }
     md = f"""Machine: {machine()}. `python benchmarks/distill.py{' --quick' if args.quick else ''}`: HuBERT-Base-shaped
 random teacher, FitHuBERT student (`fhb/configs/fithubert.yaml`), CPU fp32, {n_utts} generated utterances
-of {0.8 * mean_s:.1f}–{1.2 * mean_s:.1f} s in batches of {BATCH}, medians per step (first step skipped), loader workers {args.workers}.
+of {0.8 * mean_s:.1f}–{1.2 * mean_s:.1f} s in batches of {BATCH}, (a) and (b) on the very batches the loader plans for (c), read into RAM first; medians per step (first step skipped), loader workers {args.workers}.
 
 | figure | value | goal |
 |---|---|---|
