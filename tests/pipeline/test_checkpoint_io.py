@@ -10,11 +10,9 @@ import os
 import pickle
 import subprocess
 import sys
-import types
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ from fhb.pipeline.checkpoint_io import (
     sha256_file,
     stub_class,
 )
+from fhb.pipeline.fairseq_layout import _fairseq_dictionary_class
 
 FAKE_MODULES = ("fairseq", "fairseq.data", "fairseq.data.dictionary")
 DICT_STATE = {
@@ -50,22 +49,9 @@ def _state_dict() -> OrderedDict[str, torch.Tensor]:
     return torch.nn.Linear(3, 2).state_dict()
 
 
-@contextmanager
-def fake_fairseq() -> Iterator[type]:
-    """A stand-in ``fairseq.data.dictionary.Dictionary``, importable only inside the block."""
-    saved = {name: sys.modules.get(name) for name in FAKE_MODULES}
-    modules = {name: types.ModuleType(name) for name in FAKE_MODULES}
-    dictionary = type("Dictionary", (), {"__module__": "fairseq.data.dictionary"})
-    modules["fairseq.data.dictionary"].Dictionary = dictionary  # type: ignore[attr-defined]
-    sys.modules.update(modules)
-    try:
-        yield dictionary
-    finally:
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
+# A stand-in ``fairseq.data.dictionary.Dictionary``, importable only inside the block: the same
+# one fhb uses to write fairseq-layout checkpoints.
+fake_fairseq = _fairseq_dictionary_class
 
 
 @pytest.fixture
