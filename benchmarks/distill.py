@@ -79,7 +79,6 @@ def main() -> None:
     from fhb.pipeline.teacher import load_teacher, save_random_checkpoint
     from fhb.stages.distill import build_model_and_loss, compute_loss, run_distill
     from fhb.pipeline.optim import OptimConfig, build_optimizer
-    from fhb.stages.train_loop import pad_targets
     from fhb.student.config import load_fithubert_yaml
 
     lengths = librispeech_like_lengths(n_utts * mean_s, low=0.8 * mean_s, high=1.2 * mean_s, mean=mean_s)[:n_utts]
