@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -106,4 +107,36 @@ def build_transformer_layer(
         activation_fn=activation_fn,
         dropout=dropout,
         activation_dropout=activation_dropout,
+    )
+
+
+class EncoderFields(Protocol):
+    """The fairseq config fields that size a stack of transformer layers (teacher and student
+    configs both carry them under these names)."""
+
+    encoder_layers: int
+    encoder_embed_dim: int
+    encoder_ffn_embed_dim: int
+    encoder_attention_heads: int
+    layer_norm_first: bool
+    activation_fn: str
+    dropout: float
+    attention_dropout: float
+    activation_dropout: float
+
+
+def build_transformer_layers(cfg: EncoderFields) -> nn.ModuleList:
+    """``cfg.encoder_layers`` fresh :class:`TransformerLayer` s sized by a fairseq-style config."""
+    return nn.ModuleList(
+        build_transformer_layer(
+            cfg.encoder_embed_dim,
+            cfg.encoder_ffn_embed_dim,
+            cfg.encoder_attention_heads,
+            layer_norm_first=cfg.layer_norm_first,
+            activation_fn=cfg.activation_fn,
+            dropout=cfg.dropout,
+            attention_dropout=cfg.attention_dropout,
+            activation_dropout=cfg.activation_dropout,
+        )
+        for _ in range(cfg.encoder_layers)
     )

@@ -13,7 +13,7 @@ from fhb.nn.conv import FeatureExtractor, build_feature_extractor
 from fhb.nn.encoder import TransformerEncoder
 from fhb.nn.frames import HUBERT_CONV_LAYERS, ConvSpec, parse_conv_layers
 from fhb.nn.positional import conv_positional_embedding
-from fhb.nn.transformer import build_transformer_layer
+from fhb.nn.transformer import build_transformer_layers
 
 
 @dataclass(frozen=True)
@@ -141,19 +141,7 @@ def build_backbone(config: BackboneConfig) -> Backbone:
     )
     dim = config.encoder_embed_dim
     proj = nn.Linear(config.cnn_dim, dim) if config.cnn_dim != dim else None
-    layers = nn.ModuleList(
-        build_transformer_layer(
-            dim,
-            config.encoder_ffn_embed_dim,
-            config.encoder_attention_heads,
-            layer_norm_first=config.layer_norm_first,
-            activation_fn=config.activation_fn,
-            dropout=config.dropout,
-            attention_dropout=config.attention_dropout,
-            activation_dropout=config.activation_dropout,
-        )
-        for _ in range(config.encoder_layers)
-    )
+    layers = build_transformer_layers(config)
     encoder = TransformerEncoder(
         conv_positional_embedding(dim, config.conv_pos, config.conv_pos_groups),
         layers,

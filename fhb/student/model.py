@@ -31,7 +31,7 @@ from fhb.nn.conv import FeatureExtractor, build_feature_extractor
 from fhb.nn.encoder import TransformerEncoder
 from fhb.nn.frames import conv_output_lengths, lengths_to_padding_mask, receptive_field, total_stride
 from fhb.nn.positional import conv_positional_embedding
-from fhb.nn.transformer import build_transformer_layer
+from fhb.nn.transformer import build_transformer_layers
 from fhb.student.config import FitConfig, StudentConfig
 from fhb.student.heads import LayerWiseProjHead, split_head, split_predictions, upsample
 from fhb.student.time_reduction import TimeReduction
@@ -410,19 +410,7 @@ def _init_bert_params(module: nn.Module) -> None:
 
 def _build_encoder(cfg: StudentConfig) -> TimeReducedEncoder:
     dim = cfg.encoder_embed_dim
-    layers = nn.ModuleList()
-    for _ in range(cfg.encoder_layers):
-        layer = build_transformer_layer(
-            dim,
-            cfg.encoder_ffn_embed_dim,
-            cfg.encoder_attention_heads,
-            layer_norm_first=cfg.layer_norm_first,
-            activation_fn=cfg.activation_fn,
-            dropout=cfg.dropout,
-            attention_dropout=cfg.attention_dropout,
-            activation_dropout=cfg.activation_dropout,
-        )
-        layers.append(layer)
+    layers = build_transformer_layers(cfg)
     tr = TimeReduction(dim, cfg.tr_reduce_factor) if cfg.enable_tr_layer else None
     pos_conv = conv_positional_embedding(dim, cfg.conv_pos, cfg.conv_pos_groups)
     encoder = TimeReducedEncoder(
