@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported by the tensor functions only: the lake (numpy) uses this module
+    import torch
 
 ConvSpec = tuple[int, int, int]
 """One conv layer of the feature extractor: ``(channels, kernel, stride)``."""
@@ -91,6 +93,8 @@ def conv_output_length(num_samples: int, conv_layers: Sequence[ConvSpec] = HUBER
 
 def conv_output_lengths(lengths: torch.Tensor, conv_layers: Sequence[ConvSpec]) -> torch.Tensor:
     """Vectorised :func:`conv_output_length` for a ``B`` tensor of sample counts."""
+    import torch
+
     n = lengths.to(torch.long)
     for _, kernel, stride in conv_layers:
         n = torch.div(n - kernel, stride, rounding_mode="floor") + 1
@@ -116,6 +120,8 @@ def receptive_field(conv_layers: Sequence[ConvSpec]) -> int:
 
 def lengths_to_padding_mask(lengths: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
     """``B`` valid lengths -> ``B x T`` bool mask, True where a position is padding."""
+    import torch
+
     max_len = int(lengths.max()) if max_len is None else max_len
     steps = torch.arange(max_len, device=lengths.device)
     return steps[None, :] >= lengths[:, None]

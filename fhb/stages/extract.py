@@ -29,11 +29,7 @@ from fhb.pipeline.audio import AudioError, load_audio_int16
 from fhb.pipeline.corpus import Manifest, scan_librispeech
 from fhb.pipeline.teacher import Teacher, TeacherSpec, load_teacher, read_teacher_spec
 from fhb.stages.shard_plan import ShardJob, plan_shards
-from fhb.storage.format import LakeMeta, SplitInfo, TeacherMeta
-from fhb.storage.index import ShardAttrs
-from fhb.storage.layout import is_shard_committed, read_node_attrs
-from fhb.storage.lock import LakeLock
-from fhb.storage.writer import ShardWriter, create_lake, update_split_listing
+from fhb.storage import LakeMeta, LakeWriter, ShardWriter, SplitInfo, TeacherMeta
 
 log = logging.getLogger(__name__)
 
@@ -215,22 +211,6 @@ def _teacher_meta(teacher: Teacher | TeacherSpec) -> TeacherMeta:
                        num_layers=teacher.num_layers, dim=teacher.dim, path=str(teacher.path.resolve()))
 
 
-def _check_plan_matches(lake: Path, plans: dict[str, list[ShardJob]]) -> None:
-    """Committed shards must hold the planned utterances (same corpus, same --shard-hours)."""
-    for split, jobs in plans.items():
-        for job in jobs:
-            if not is_shard_committed(lake, split, job.name):
-                continue
-            attrs = read_node_attrs(lake / split / job.name) or {}
-            stored = list(ShardAttrs.from_attrs(attrs, f"shard {split}/{job.name}").index.utt_ids)
-            if stored != job.utt_ids:
-                raise FhbError(
-                    f"lake {lake}: committed shard {split}/{job.name} holds other utterances than "
-                    f"this run plans (was it extracted with another --shard-hours or corpus?); "
-                    f"rerun with the original options, or pass --overwrite to start over"
-                )
-
-
 def _check_run_options(workers: int | None, threads: int | None, device: str, precision: str,
                        scheduler: str | None) -> None:
     """Refuse what would otherwise fail in a worker, after the lake was created (or not at all)."""
@@ -333,10 +313,12 @@ def run_extract(
     )
     plans = plan_shards(manifest, splits, shard_hours, include_problems=on_bad_audio == "skip")
     summary = ExtractSummary(lake=Path(out))
-    with _lake_write_errors(Path(out)), LakeLock(out):
-        meta = create_lake(out, meta, overwrite=overwrite)
-        _check_plan_matches(Path(out), plans)
-        todo = [job for split in splits for job in plans[split] if not is_shard_committed(out, split, job.name)]
+    with _lake_write_errors(Path(out)), LakeWriter(out, meta, overwrite=overwrite) as lake:
+        meta = lake.meta
+        for split, jobs in plans.items():  # committed shards must hold the planned utterances
+            for job in jobs:
+                lake.check_plan(split, job.name, job.utt_ids)
+        todo = [job for split in splits for job in plans[split] if not lake.is_committed(split, job.name)]
         summary.shards_resumed = sum(len(plans[s]) for s in splits) - len(todo)
         if summary.shards_resumed:
             log.info("resuming: %d shard(s) already committed, %d to do", summary.shards_resumed, len(todo))
@@ -370,7 +352,7 @@ def run_extract(
                         future.cancel()
                     raise
         for split in splits:
-            update_split_listing(out, split, [job.name for job in plans[split]])
+            lake.list_split(split, [job.name for job in plans[split]])
     summary.wall_seconds = time.perf_counter() - started
     return summary
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -15,17 +14,20 @@ import zarr
 from zarr.storage import LocalStore
 
 from fhb.errors import FhbError
-from fhb.storage.format import (
+from fhb.storage.schema import (
     AUDIO_ARRAY,
-    CNN_ARRAY,
     FramesFn,
     LakeMeta,
+    ShardAttrs,
+    crc32,
+    duplicate_ids,
     hours,
+    is_committed,
     layer_array_name,
     num_chunks,
     scale_array_name,
+    shard_arrays,
 )
-from fhb.storage.index import COMMITTED_ATTR, ShardAttrs, crc32
 from fhb.storage.layout import dir_size, list_split_dir, local_lake_dir, read_node_attrs
 
 logger = logging.getLogger(__name__)
@@ -45,13 +47,6 @@ class Finding:
         return f"{self.severity}: {self.where}: {self.message}"
 
 
-def default_frames_fn() -> FramesFn:
-    """HuBERT's conv arithmetic (``fhb.nn.frames.conv_output_length`` with its default stack)."""
-    from fhb.nn.frames import conv_output_length
-
-    return conv_output_length
-
-
 def verify_lake(
     path: str | os.PathLike[str],
     frames_fn: FramesFn | None = None,
@@ -61,7 +56,8 @@ def verify_lake(
 
     Checks: every listed shard exists and is committed; split totals match the shards; each
     shard's index is consistent (contiguous offsets, counts match array shapes, unique ids,
-    ``num_frames == frames_fn(num_samples)``; ``frames_fn`` defaults to HuBERT's conv stack);
+    ``num_frames == frames_fn(num_samples)``; ``frames_fn`` defaults to the lake's frame rule,
+    `LakeMeta.num_frames`: the conv stack of the teacher that wrote it);
     every array has the expected dtype, shape and chunking; with ``check_chunks`` every chunk
     exists, decodes and matches its crc32. Leftovers of interrupted writes and committed shards
     missing from the listing are warnings. Raises `FhbError` if ``path`` is not a readable lake.
@@ -69,7 +65,7 @@ def verify_lake(
     root = local_lake_dir(path)
     attrs = read_node_attrs(root)
     meta = LakeMeta.from_dict(attrs or {}, f"lake {root}")
-    frames_fn = frames_fn or default_frames_fn()
+    frames_fn = frames_fn or meta.num_frames
     findings: list[Finding] = []
     for split, info in meta.splits.items():
         findings += _verify_split(root, meta, split, frames_fn, check_chunks)
@@ -89,7 +85,7 @@ def _verify_split(
     out: list[Finding] = []
     on_disk = list_split_dir(root, split)
     totals = np.zeros(3, dtype=np.int64)
-    seen: dict[str, str] = {}
+    parsed: list[tuple[str, ShardAttrs]] = []
     for shard in info.shards:
         where = f"{split}/{shard}"
         d = root / split / shard
@@ -98,7 +94,7 @@ def _verify_split(
             out.append(Finding("error", where, "listed shard is missing; re-run extraction to "
                                                "redo it"))
             continue
-        if attrs.get(COMMITTED_ATTR) is not True:
+        if not is_committed(attrs):
             out.append(Finding("error", where, "listed shard has no commit marker (readers treat "
                                                "it as absent); re-run extraction to redo it"))
             continue
@@ -108,12 +104,11 @@ def _verify_split(
             out.append(Finding("error", where, str(e)))
             continue
         totals += (len(sa.index), sa.index.total_samples, sa.index.total_frames)
-        for u in sa.index.utt_ids:
-            if u in seen:
-                out.append(Finding("error", where, f"utterance {u!r} also in shard {seen[u]!r}; "
-                                                   f"re-extract one of them"))
-            seen[u] = shard
+        parsed.append((shard, sa))
         out += _verify_shard(root, meta, split, shard, sa, frames_fn, check_chunks)
+    for u, first, later in duplicate_ids((shard, sa.index.utt_ids) for shard, sa in parsed):
+        out.append(Finding("error", f"{split}/{later}", f"utterance {u!r} also in shard {first!r}; "
+                                                        f"re-extract one of them"))
     listed = (info.utterances, info.samples, info.frames)
     if tuple(int(t) for t in totals) != listed and not any(f.severity == "error" for f in out):
         out.append(Finding(
@@ -130,29 +125,6 @@ def _verify_split(
             out.append(Finding("warning", f"{split}/{shard}", "leftover of an interrupted write "
                                "(invisible to readers); it is removed when the shard is redone"))
     return out
-
-
-@dataclass(frozen=True)
-class _Expect:
-    name: str
-    shape: tuple[int, ...]
-    chunks: tuple[int, ...]
-    dtype: np.dtype
-
-
-def _expected_arrays(meta: LakeMeta, sa: ShardAttrs) -> Iterator[_Expect]:
-    codec = meta.target_codec
-    t, s, c = sa.index.total_frames, sa.index.total_samples, codec.chunk_frames
-    yield _Expect(AUDIO_ARRAY, (s,), (codec.audio_chunk_samples,), np.dtype(np.int16))
-    targets = [(layer_array_name(k), meta.teacher.dim) for k in meta.layers]
-    if meta.cnn_features:
-        targets.append((CNN_ARRAY, int(meta.cnn_dim or 0)))
-    for name, dim in targets:
-        yield _Expect(name, (t, dim), (c, dim), codec.stored_dtype)
-        if codec.has_scales:
-            b = codec.scale_block_frames or c
-            yield _Expect(scale_array_name(name), (num_chunks(t, b), 2, dim), (c // b, 2, dim),
-                          np.dtype(np.float32))
 
 
 def _verify_shard(
@@ -179,7 +151,7 @@ def _verify_shard(
             f"with other conv arithmetic: re-extract the shard",
         ))
     store = LocalStore(root, read_only=True)
-    for exp in _expected_arrays(meta, sa):
+    for exp in shard_arrays(meta, sa.index.total_frames, sa.index.total_samples):
         aw = f"{where}/{exp.name}"
         try:
             arr = zarr.open_array(store=store, path=f"{split}/{shard}/{exp.name}", mode="r",
@@ -273,7 +245,7 @@ def summarize_lake(path: str | os.PathLike[str]) -> LakeSummary:
     root = local_lake_dir(path)
     meta = LakeMeta.from_dict(read_node_attrs(root) or {}, f"lake {root}")
     layer_dirs = [layer_array_name(k) for k in meta.layers]
-    if meta.target_codec.has_scales:
+    if meta.codec.has_scales:
         layer_dirs += [scale_array_name(n) for n in layer_dirs]
     splits = {}
     for split, info in meta.splits.items():
@@ -305,7 +277,7 @@ def summarize_lake(path: str | os.PathLike[str]) -> LakeSummary:
         dim=meta.teacher.dim,
         cnn_features=meta.cnn_features,
         dtype=meta.dtype,
-        codec=meta.codec,
+        codec=meta.codec.to_dict(),
         bytes_on_disk=dir_size(root),
         splits=splits,
     )

@@ -1,13 +1,6 @@
-"""Where things live in a lake on the local filesystem, and reading node attributes from disk.
+"""A lake on the local filesystem: reading node attributes, listing split directories, sizes.
 
-::
-
-    LAKE/zarr.json                          root group, attrs = LakeMeta.to_dict()
-    LAKE/.fhb.lock                          client lock (lock.py), only while extracting
-    LAKE/<split>/zarr.json                  split group (no attrs)
-    LAKE/<split>/<shard>/zarr.json          committed shard: attrs {"committed": true, "fhb_shard": {...}}
-    LAKE/<split>/_tmp_<shard>_<hex>/        shard being written (invisible to readers)
-    LAKE/<split>/_trash_<shard>_<hex>/      previous version of a shard being replaced
+What the paths and attributes mean is `fhb.storage.schema`'s; this module only looks at disk.
 """
 
 from __future__ import annotations
@@ -21,13 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from fhb.errors import FhbError
-from fhb.storage.format import TMP_PREFIX, TRASH_PREFIX
-from fhb.storage.index import COMMITTED_ATTR
+from fhb.storage.schema import TMP_PREFIX, TRASH_PREFIX, ZARR_JSON, is_committed
 
 logger = logging.getLogger(__name__)
-
-ZARR_JSON = "zarr.json"
-
 
 def read_node_attrs(node_dir: Path) -> dict[str, Any] | None:
     """Attributes of the zarr node at ``node_dir``, or None if it has no (readable) zarr.json."""
@@ -42,8 +31,7 @@ def read_node_attrs(node_dir: Path) -> dict[str, Any] | None:
 
 def is_committed_dir(shard_dir: Path) -> bool:
     """Whether ``shard_dir`` holds a committed shard (its commit marker is set)."""
-    attrs = read_node_attrs(shard_dir)
-    return bool(attrs) and attrs.get(COMMITTED_ATTR) is True
+    return is_committed(read_node_attrs(shard_dir))
 
 
 def is_shard_committed(lake_path: str | os.PathLike[str], split: str, shard: str) -> bool:

@@ -52,10 +52,10 @@ import numpy as np
 import torch
 
 from fhb.errors import FhbError
-from fhb.nn.frames import HUBERT_CONV_LAYERS, conv_output_length, conv_output_lengths, parse_conv_layers
+from fhb.nn.frames import conv_output_length, conv_output_lengths
 from fhb.storage.codecs import TargetCodec
 from fhb.storage.epoch import EpochPlan, PlanEntry, PlannedBatch, check_batching, plan_epoch
-from fhb.storage.format import AUDIO_ARRAY, CNN_ARRAY, layer_array_name, scale_array_name
+from fhb.storage.schema import AUDIO_ARRAY, CNN_ARRAY, layer_array_name, scale_array_name
 from fhb.storage.reader import ArrayRows, Lake, ShardView, UttEntry, open_lake
 
 logger = logging.getLogger(__name__)
@@ -659,8 +659,7 @@ class LakeLoader:
                 f"found none stored; re-extract with CNN features or pass cnn_features=False"
             )
         self.target_dtype = target_dtype(meta.dtype)
-        conv_spec = meta.teacher.config.get("conv_feature_layers")
-        self._conv = parse_conv_layers(conv_spec) if conv_spec else list(HUBERT_CONV_LAYERS)
+        self._conv = meta.teacher.conv_layers  # the lake's frame rule (fhb.storage.schema)
         self.splits = list(splits)
 
         sources: list[_Source] = []
@@ -682,7 +681,7 @@ class LakeLoader:
             self.lake_path, sources, entries, np.asarray(src_idx, dtype=np.int64), self.layers,
             cnn_features, self._conv,
         )
-        self.chunk_frames = meta.target_codec.chunk_frames
+        self.chunk_frames = meta.codec.chunk_frames
         self.batch_size, self.batch_seconds, self.max_seconds = batch_size, batch_seconds, max_seconds
         self.seed, self.workers, self.prefetch = int(seed), int(workers), int(prefetch)
         self.rank, self.world_size = int(rank), int(world_size)

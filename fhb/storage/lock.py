@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from fhb.errors import FhbError
-from fhb.storage.format import LOCK_FILE
+from fhb.storage.schema import LOCK_FILE
 
 logger = logging.getLogger(__name__)
 

@@ -23,15 +23,19 @@ from zarr.storage import LocalStore
 
 from fhb.errors import FhbError
 from fhb.storage.codecs import TargetCodec, blosc_decode_items, check_blosc_frame
-from fhb.storage.index import crc32
-from fhb.storage.format import (
+from fhb.storage.schema import (
     AUDIO_ARRAY,
     CNN_ARRAY,
     LakeMeta,
+    ShardAttrs,
+    ShardIndex,
+    crc32,
+    duplicate_id_error,
+    duplicate_ids,
+    is_committed,
     layer_array_name,
     scale_array_name,
 )
-from fhb.storage.index import COMMITTED_ATTR, ShardAttrs, ShardIndex
 from fhb.storage.layout import local_lake_dir
 
 logger = logging.getLogger(__name__)
@@ -59,7 +63,7 @@ class ShardView:
         self.name = name
         self.attrs = attrs
         self.meta = meta
-        self.codec: TargetCodec = meta.target_codec
+        self.codec: TargetCodec = meta.codec
         self._arrays: dict[str, zarr.Array] = {}
 
     @property
@@ -288,20 +292,9 @@ class ArrayRows:
     def decode_span(self, i: int, lo: int, hi: int) -> np.ndarray:
         """Rows ``lo:hi`` of chunk ``i`` (chunk-relative), decoded into a scratch buffer that the
         next call overwrites: copy out of it at once (it is still in the CPU cache then)."""
-        c = self.chunk_rows
         nbytes = (hi - lo) * self.row_items * self.dtype.itemsize
         rows = _local_buffer("scratch", nbytes)[:nbytes].view(self.dtype).reshape(hi - lo, *self.row_shape)
-        if self._dir is None:
-            rows[...] = np.asarray(self.array[i * c + lo : i * c + hi])
-        elif lo == 0 and hi == c:
-            import numcodecs.blosc as nb
-
-            src = self._chunk_bytes(i)
-            check_blosc_frame(src, self.dtype.itemsize, rows.nbytes, rows.nbytes)
-            nb.decompress(src, rows)
-        else:
-            blosc_decode_items(self._chunk_bytes(i), lo * self.row_items, rows)
-        return rows
+        return self._decode_rows(i, lo, hi, rows)
 
     def release(self) -> None:
         """Forget what was wanted and decoded (the buffers are reused by later reads)."""
@@ -319,9 +312,17 @@ class ArrayRows:
             lo, hi = 0, valid
         buf = self._buffer(c * self.row_items * self.dtype.itemsize)
         rows = buf[: (hi - lo) * self.row_items * self.dtype.itemsize].view(self.dtype).reshape(hi - lo, *self.row_shape)
+        got = self._decoded[i] = (lo, self._decode_rows(i, lo, hi, rows), buf)
+        return got
+
+    def _decode_rows(self, i: int, lo: int, hi: int, rows: np.ndarray) -> np.ndarray:
+        """Rows ``lo:hi`` of chunk ``i`` (chunk-relative) into ``rows``: zarr for other stores and
+        codecs; c-blosc on the chunk file otherwise, the whole frame at once when all its rows are
+        wanted, else only the Blosc blocks that hold them."""
+        c = self.chunk_rows
         if self._dir is None:
-            rows[...] = np.asarray(self.array[i * c : i * c + valid])
-        elif lo == 0 and hi == valid == c:
+            rows[...] = np.asarray(self.array[i * c + lo : i * c + hi])
+        elif lo == 0 and hi == c:
             import numcodecs.blosc as nb
 
             src = self._chunk_bytes(i)
@@ -329,8 +330,7 @@ class ArrayRows:
             nb.decompress(src, rows)
         else:
             blosc_decode_items(self._chunk_bytes(i), lo * self.row_items, rows)
-        got = self._decoded[i] = (lo, rows, buf)
-        return got
+        return rows
 
     def _chunk_bytes(self, i: int) -> np.ndarray:
         """The compressed bytes of chunk ``i`` (in a buffer reused by the next call)."""
@@ -384,14 +384,9 @@ class SplitView:
                     )
                 )
         self._entries = entries
-        self._by_id: dict[str, UttEntry] = {}
-        for e in entries:
-            if e.utt_id in self._by_id:
-                raise FhbError(
-                    f"split {name!r}: expected unique utterance ids, found {e.utt_id!r} in shards "
-                    f"{self._by_id[e.utt_id].shard!r} and {e.shard!r}; re-extract one of them"
-                )
-            self._by_id[e.utt_id] = e
+        for dup in duplicate_ids((n, v.index.utt_ids) for n, v in self._shards.items()):
+            raise duplicate_id_error(name, dup, "re-extract one of them")
+        self._by_id: dict[str, UttEntry] = {e.utt_id: e for e in entries}
 
     # -- enumeration (for loaders) --------------------------------------------------------------
 
@@ -502,7 +497,7 @@ class Lake:
     @property
     def codec(self) -> TargetCodec:
         """How targets are encoded and chunked."""
-        return self.meta.target_codec
+        return self.meta.codec
 
     def __contains__(self, split: object) -> bool:
         return split in self.meta.splits
@@ -549,7 +544,7 @@ def _read_shard_attrs(store: Store, split: str, shard: str) -> ShardAttrs | None
         logger.warning("%s is listed but missing; treating it as absent (run `fhb verify`)", where)
         return None
     raw = dict(group.attrs)
-    if raw.get(COMMITTED_ATTR) is not True:
+    if not is_committed(raw):
         logger.warning("%s has no commit marker; treating it as absent (run `fhb verify`)", where)
         return None
     return ShardAttrs.from_attrs(raw, where)

@@ -24,7 +24,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -35,36 +35,31 @@ from zarr.storage import LocalStore
 
 from fhb.errors import FhbError
 from fhb.storage.codecs import TargetCodec
-from fhb.storage.format import (
+from fhb.storage.schema import (
     AUDIO_ARRAY,
     CNN_ARRAY,
+    COMMITTED_ATTR,
     FORMAT_NAME,
-    FORMAT_VERSION,
+    INDEX_COLUMNS,
     LOCK_FILE,
     TMP_PREFIX,
     TRASH_PREFIX,
+    ZARR_JSON,
     LakeMeta,
+    ShardAttrs,
+    ShardIndex,
     SplitInfo,
     check_name,
+    crc32,
+    duplicate_id_error,
+    duplicate_ids,
+    is_committed,
     layer_array_name,
     scale_array_name,
+    shard_arrays,
+    writing_attrs,
 )
-from fhb.storage.index import (
-    CHECKSUM_ALGORITHM,
-    CHECKSUM_UNIT,
-    COMMITTED_ATTR,
-    SHARD_ATTR,
-    IndexBuilder,
-    ShardAttrs,
-    crc32,
-)
-from fhb.storage.layout import (
-    ZARR_JSON,
-    is_committed_dir,
-    leftovers_of,
-    read_node_attrs,
-    remove_tree,
-)
+from fhb.storage.layout import is_committed_dir, leftovers_of, read_node_attrs, remove_tree
 
 logger = logging.getLogger(__name__)
 
@@ -157,28 +152,24 @@ def update_split_listing(
     check_name("split", split)
     meta = _read_meta(p)
     utterances = samples = frames = 0
-    seen: dict[str, str] = {}
+    shards: list[ShardAttrs] = []
     for shard in shard_names:
         check_name("shard", shard)
         d = p / split / shard
         attrs = read_node_attrs(d)
-        if not attrs or attrs.get(COMMITTED_ATTR) is not True:
+        if not is_committed(attrs):
             raise FhbError(
                 f"shard {split}/{shard} of lake {p}: expected a committed shard, found "
                 f"{'nothing' if attrs is None else 'an uncommitted shard'}; re-run extraction "
                 f"for it before listing it"
             )
-        sa = ShardAttrs.from_attrs(attrs, f"shard {split}/{shard}")
-        for u in sa.index.utt_ids:
-            if u in seen:
-                raise FhbError(
-                    f"split {split!r}: expected unique utterance ids, found {u!r} in shards "
-                    f"{seen[u]!r} and {shard!r}; fix the shard plan (each utterance in one shard)"
-                )
-            seen[u] = shard
+        sa = ShardAttrs.from_attrs(attrs or {}, f"shard {split}/{shard}")
+        shards.append(sa)
         utterances += sa.num_utterances
         samples += sa.index.total_samples
         frames += sa.index.total_frames
+    for dup in duplicate_ids((name, sa.index.utt_ids) for name, sa in zip(shard_names, shards)):
+        raise duplicate_id_error(split, dup, "fix the shard plan (each utterance in one shard)")
     info = SplitInfo(tuple(shard_names), utterances, samples, frames)
     _write_root_attrs(p, meta.with_split(split, info))
     _ensure_split_group(p, split)
@@ -228,6 +219,44 @@ def _wipe(p: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Worker side: one shard.
+
+
+@dataclass
+class IndexBuilder:
+    """Accumulates index rows while a shard is written."""
+
+    rows: dict[str, list[Any]] = field(default_factory=lambda: {c: [] for c in INDEX_COLUMNS})
+    frames: int = 0
+    samples: int = 0
+
+    def __len__(self) -> int:
+        return len(self.rows["utt_id"])
+
+    def append(
+        self,
+        utt_id: str,
+        speaker: str,
+        chapter: str,
+        transcript: str,
+        num_samples: int,
+        num_frames: int,
+    ) -> None:
+        """Add one utterance after the previous ones."""
+        r = self.rows
+        r["utt_id"].append(utt_id)
+        r["speaker"].append(str(speaker))
+        r["chapter"].append(str(chapter))
+        r["transcript"].append(transcript)
+        r["num_samples"].append(int(num_samples))
+        r["num_frames"].append(int(num_frames))
+        r["sample_offset"].append(self.samples)
+        r["frame_offset"].append(self.frames)
+        self.samples += int(num_samples)
+        self.frames += int(num_frames)
+
+    def build(self) -> ShardIndex:
+        """The finished `ShardIndex`."""
+        return ShardIndex.from_dict(self.rows, "shard index")
 
 
 class _Stream:
@@ -326,7 +355,7 @@ class ShardWriter:
                 f"stored: {'; '.join(diffs)}); pass the metadata create_lake returned"
             )
         self.meta = stored
-        self.codec: TargetCodec = stored.target_codec
+        self.codec: TargetCodec = stored.codec
         self.expected_frames = expected_frames
         self.expected_samples = expected_samples
         self._committed = False
@@ -475,31 +504,24 @@ class ShardWriter:
                 f"totals or the frame arithmetic"
             )
         index = self._index.build()
-        info = {
-            "format_version": FORMAT_VERSION,
-            "split": self.split,
-            "name": self.shard,
-            "num_utterances": len(index),
-            "num_frames": frames,
-            "num_samples": samples,
-            "index": index.to_dict(),
-            "skipped": self._skipped,
-            "checksums": {
-                "algorithm": CHECKSUM_ALGORITHM,
-                "unit": CHECKSUM_UNIT,
-                "arrays": self._crcs,
-            },
-            "written": {
+        attrs = ShardAttrs(
+            committed=False,
+            split=self.split,
+            name=self.shard,
+            index=index,
+            skipped=tuple(self._skipped),
+            checksums=self._crcs,
+            written={
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
                 "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "fhb_version": self.meta.fhb_version,
             },
-        }
+        )
         group = zarr.open_group(
             LocalStore(self.tmp_dir), mode="r+", zarr_format=3, use_consolidated=False
         )
-        group.attrs.update({SHARD_ATTR: info, COMMITTED_ATTR: False})
+        group.attrs.update(attrs.to_attrs())
 
         final = self.lake_path / self.split / self.shard
         trash = None
@@ -582,43 +604,24 @@ class ShardWriter:
             store=store,
             path=path,
             zarr_format=3,
-            attributes={COMMITTED_ATTR: False, SHARD_ATTR: {"state": "writing"}},
+            attributes=writing_attrs(),
         )
         compressors = self.codec.compressors()
-        c = self.codec.chunk_frames
-        frames = int(self.expected_frames or 0)
-        samples = int(self.expected_samples or 0)
-
-        def make(name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: Any,
-                 attrs: dict[str, Any]) -> None:
-            self._arrays[name] = zarr.create_array(
+        specs = shard_arrays(self.meta, int(self.expected_frames or 0), int(self.expected_samples or 0))
+        for spec in specs:
+            self._arrays[spec.name] = zarr.create_array(
                 store,
-                name=f"{path}/{name}",
-                shape=shape,
-                chunks=chunks,
-                dtype=dtype,
+                name=f"{path}/{spec.name}",
+                shape=spec.shape,
+                chunks=spec.chunks,
+                dtype=spec.dtype,
                 compressors=compressors,
                 fill_value=0,
-                attributes={"fhb": attrs},
+                attributes={"fhb": spec.attrs},
                 config=_ARRAY_CONFIG,
                 zarr_format=3,
             )
-            self._crcs[name] = []
-
-        make(AUDIO_ARRAY, (samples,), (self.codec.audio_chunk_samples,), np.int16,
-             {"kind": "audio", "sample_rate": self.meta.sample_rate})
-        targets = [(layer_array_name(k), self.meta.teacher.dim, {"kind": "layer", "layer": k})
-                   for k in self.meta.layers]
-        if self.meta.cnn_features:
-            targets.append((CNN_ARRAY, int(self.meta.cnn_dim or 0), {"kind": "cnn"}))
-        for name, dim, attrs in targets:
-            attrs = {**attrs, "encoding": self.codec.to_dict()["encoding"]}
-            make(name, (frames, dim), (c, dim), self.codec.stored_dtype, attrs)
-            if self.codec.has_scales:
-                b = self.codec.scale_block_frames or c
-                nb = -(-frames // b)
-                make(scale_array_name(name), (nb, 2, dim), (c // b, 2, dim), np.float32,
-                     {"kind": "scale", "of": name, "block_frames": b, "rows": ["scale", "offset"]})
+            self._crcs[spec.name] = []
 
     def _submit(self, job: Callable[[], None]) -> None:
         if self._pool is None:

@@ -96,7 +96,7 @@ def _utterances(lake: Path) -> set[str]:
 
 def _committed_ids(lake: Path) -> set[str]:
     """Utterance ids of every committed shard on disk (listed in the root or not)."""
-    from fhb.storage.index import ShardAttrs
+    from fhb.storage.schema import ShardAttrs
     from fhb.storage.layout import is_committed_dir, read_node_attrs
 
     ids: set[str] = set()

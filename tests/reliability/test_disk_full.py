@@ -104,11 +104,12 @@ def test_other_os_errors_are_not_disguised(tiny_teacher_path: Path, libri_root: 
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Only errors the user can fix become one-liners; an unexpected I/O error keeps its traceback."""
     from fhb.stages import extract
+    from fhb.storage import lake_writer
 
     def broken(*args: Any, **kwargs: Any) -> None:
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    monkeypatch.setattr(extract, "create_lake", broken)
+    monkeypatch.setattr(lake_writer, "create_lake", broken)
     with pytest.raises(OSError) as info:
         extract.run_extract(tiny_teacher_path, libri_root, ["dev-clean"], tmp_path / "lake", workers=0, threads=1)
     assert not isinstance(info.value, FhbError) and info.value.errno == errno.EIO

@@ -31,32 +31,31 @@ def build_lake(libri_root: Path, teacher_path: Path, lake: Path, layers: tuple[i
                splits: tuple[str, ...] = (TRAIN, DEV)) -> Path:
     """Run the teacher on every fixture utterance of ``splits``; store audio + ``layers`` (float16)."""
     from fhb.pipeline.audio import load_audio_int16
-    from fhb.pipeline.corpus import scan_librispeech
+    from fhb.pipeline.corpus import Utterance, scan_librispeech
     from fhb.pipeline.teacher import load_teacher
-    from fhb.storage import LakeMeta, ShardWriter, SplitInfo, TeacherMeta, create_lake, update_split_listing
+    from fhb.storage import LakeMeta, SplitInfo, TeacherMeta
+    from tests.lakes import Utt, write_lake
 
     teacher = load_teacher(teacher_path)
     layers = layers or tuple(range(1, teacher.num_layers + 1))
-    meta = create_lake(lake, LakeMeta(
+    meta = LakeMeta(
         teacher=TeacherMeta(name=teacher.model_name, sha256=teacher.sha256, config={"arch": "tiny"},
                             num_layers=teacher.num_layers, dim=teacher.dim, path=str(teacher_path)),
         layers=layers, dtype="float16", splits={s: SplitInfo() for s in splits},
-    ))
+    )
+
+    def utt(u: Utterance) -> Utt:
+        audio = load_audio_int16(u.path)
+        wav = teacher.prepare(torch.from_numpy(audio.astype(np.float32) / 32768))
+        return Utt(u.utt_id, u.speaker, u.chapter, u.transcript, audio,
+                   teacher.extract([wav], layers=list(layers))[0].numpy())
+
+    # One shard per utterance: the loader deals whole blocks (chunk groups of a shard) to DDP
+    # ranks, so a 2-rank test needs several.
     manifest = scan_librispeech(libri_root, list(splits), workers=1)
-    for split, utts in manifest.by_split().items():
-        # One shard per utterance: the loader deals whole blocks (chunk groups of a shard) to DDP
-        # ranks, so a 2-rank test needs several.
-        names = []
-        for i, u in enumerate(utts):
-            names.append(f"shard-{i:05d}")
-            with ShardWriter(lake, split, names[-1], meta, background=False) as w:
-                audio = load_audio_int16(u.path)
-                wav = teacher.prepare(torch.from_numpy(audio.astype(np.float32) / 32768))
-                w.add(u.utt_id, u.speaker, u.chapter, u.transcript, audio,
-                      teacher.extract([wav], layers=list(layers))[0].numpy())
-                w.commit()
-        update_split_listing(lake, split, names)
-    return lake
+    plan = {split: {f"shard-{i:05d}": [utt(u)] for i, u in enumerate(utts)}
+            for split, utts in manifest.by_split().items()}
+    return write_lake(lake, meta, plan, background=False)
 
 
 @pytest.fixture(scope="session")

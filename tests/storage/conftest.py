@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fhb.nn.frames import conv_output_length
-from fhb.storage import LakeMeta, ShardWriter, TargetCodec, TeacherMeta, create_lake, update_split_listing
+from fhb.storage import LakeMeta, TargetCodec, TeacherMeta
+from tests.lakes import Utt, write_lake, write_shard
+
+__all__ = ["SHA", "Utt", "hubert_like", "make_meta", "make_utts", "rel_rms", "write_shard"]
 
 SHA = "0123456789abcdef" * 4
 
@@ -64,27 +66,10 @@ def make_meta(
         teacher=teacher,
         layers=layers,
         dtype=dtype,
-        codec=TargetCodec.default(dtype, chunk_frames=chunk_frames).to_dict(),
+        codec=TargetCodec.default(dtype, chunk_frames=chunk_frames),
         cnn_features=cnn_dim is not None,
         cnn_dim=cnn_dim,
     )
-
-
-@dataclass
-class Utt:
-    """One synthetic utterance as a worker would add it."""
-
-    utt_id: str
-    speaker: str
-    chapter: str
-    transcript: str
-    audio: np.ndarray
-    targets: np.ndarray
-    cnn: np.ndarray | None
-
-    def add_to(self, w: ShardWriter) -> None:
-        """``w.add(...)`` with this utterance."""
-        w.add(self.utt_id, self.speaker, self.chapter, self.transcript, self.audio, self.targets, self.cnn)
 
 
 def make_utts(meta: LakeMeta, n: int, seed: int = 0, prefix: str = "u",
@@ -105,30 +90,12 @@ def make_utts(meta: LakeMeta, n: int, seed: int = 0, prefix: str = "u",
     return out
 
 
-def write_shard(lake: Path, split: str, shard: str, meta: LakeMeta, utts: list[Utt],
-                preallocate: bool = False, **kw: object) -> None:
-    """Write and commit one shard with ``utts``."""
-    if preallocate:
-        kw["expected_frames"] = sum(u.targets.shape[1] for u in utts)
-        kw["expected_samples"] = sum(len(u.audio) for u in utts)
-    with ShardWriter(lake, split, shard, meta, **kw) as w:  # type: ignore[arg-type]
-        for u in utts:
-            u.add_to(w)
-        w.commit()
-
-
 @pytest.fixture
 def build_lake(tmp_path: Path):
     """``build_lake(meta, {split: {shard: utts}}) -> lake path`` (listed in dict order)."""
 
     def build(meta: LakeMeta, plan: dict[str, dict[str, list[Utt]]], name: str = "lake",
               **kw: object) -> Path:
-        lake = tmp_path / name
-        meta = create_lake(lake, meta)
-        for split, shards in plan.items():
-            for shard, utts in shards.items():
-                write_shard(lake, split, shard, meta, utts, **kw)  # type: ignore[arg-type]
-            update_split_listing(lake, split, list(shards))
-        return lake
+        return write_lake(tmp_path / name, meta, plan, **kw)
 
     return build

@@ -43,7 +43,7 @@ def test_random_access_reads_only_overlapping_chunks(dtype: str, build_lake) -> 
     lake = build_lake(meta, {"train": {"s0": utts}})
     store = CountingStore(LocalStore(lake, read_only=True))
     split = open_lake(store)["train"]
-    c = meta.target_codec.chunk_frames
+    c = meta.codec.chunk_frames
     for u in utts[1:6]:
         split.targets(u.utt_id)  # warm the array handles
         split.audio(u.utt_id)
@@ -61,7 +61,7 @@ def test_random_access_reads_only_overlapping_chunks(dtype: str, build_lake) -> 
         store.keys.clear()
         a = split.audio(u.utt_id)
         np.testing.assert_array_equal(a, u.audio)
-        cs = meta.target_codec.audio_chunk_samples
+        cs = meta.codec.audio_chunk_samples
         want = {f"train/s0/audio/c/{i}" for i in
                 range(e.sample_offset // cs, (e.sample_offset + e.num_samples - 1) // cs + 1)}
         assert store.chunk_keys() == want

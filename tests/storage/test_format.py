@@ -109,4 +109,4 @@ def test_meta_accepts_plain_dicts() -> None:
                     splits={"dev": {"shards": ["a"], "utterances": 1, "samples": 2, "frames": 0}})
     assert meta.teacher == base.teacher
     assert meta.layers == (1, 2) and meta.splits["dev"] == SplitInfo(("a",), 1, 2, 0)
-    assert meta.codec == TargetCodec.default("float16").to_dict()
+    assert meta.codec == TargetCodec.default("float16")

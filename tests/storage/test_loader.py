@@ -11,9 +11,11 @@ import torch
 
 from fhb.errors import FhbError
 from fhb.nn.frames import conv_output_length
-from fhb.storage import LakeMeta, ShardWriter, TargetCodec, TeacherMeta, create_lake, open_lake, update_split_listing
+from fhb.storage import LakeMeta, TargetCodec, TeacherMeta, open_lake
 from fhb.storage.epoch import PlanEntry, plan_epoch
 from fhb.storage.loader import Batch, LakeLoader
+from tests import lakes
+from tests.lakes import Utt
 
 LAYERS = (1, 2, 3)
 DIM = 16
@@ -25,32 +27,21 @@ def write_lake(path: Path, dtype: str = "float16", n_utts: int = 30, n_shards: i
     rng = np.random.default_rng(seed)
     meta = LakeMeta(
         teacher=TeacherMeta("tiny", "0" * 64, {}, num_layers=4, dim=DIM),
-        layers=LAYERS, dtype=dtype, codec=TargetCodec.default(dtype, chunk_frames).to_dict(),
+        layers=LAYERS, dtype=dtype, codec=TargetCodec.default(dtype, chunk_frames),
         cnn_features=cnn, cnn_dim=8 if cnn else None,
     )
-    meta = create_lake(path, meta.with_split("train", meta.splits.get("train") or _empty()))
-    names = []
-    per = np.array_split(np.arange(n_utts), n_shards)
-    for s, idx in enumerate(per):
-        name = f"shard-{s:03d}"
-        with ShardWriter(path, "train", name, meta, background=False) as w:
-            for i in idx:
-                n = int(rng.integers(4800, 40000))
-                t = conv_output_length(n)
-                audio = rng.integers(-30000, 30000, size=n).astype(np.int16)
-                targets = rng.standard_normal((len(LAYERS), t, DIM)).astype(np.float32)
-                c = rng.standard_normal((t, 8)).astype(np.float32) if cnn else None
-                w.add(f"utt-{i:04d}", "spk", "ch", "text", audio, targets, c)
-            w.commit()
-        names.append(name)
-    update_split_listing(path, "train", names)
-    return path
 
+    def utt(i: int) -> Utt:
+        n = int(rng.integers(4800, 40000))
+        t = conv_output_length(n)
+        audio = rng.integers(-30000, 30000, size=n).astype(np.int16)
+        targets = rng.standard_normal((len(LAYERS), t, DIM)).astype(np.float32)
+        c = rng.standard_normal((t, 8)).astype(np.float32) if cnn else None
+        return Utt(f"utt-{i:04d}", "spk", "ch", "text", audio, targets, c)
 
-def _empty():  # noqa: ANN202
-    from fhb.storage import SplitInfo
-
-    return SplitInfo()
+    shards = {f"shard-{s:03d}": [utt(int(i)) for i in idx]
+              for s, idx in enumerate(np.array_split(np.arange(n_utts), n_shards))}
+    return lakes.write_lake(path, meta, {"train": shards}, background=False)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,115 @@
+"""`LakeWriter`: the client side of writing a lake, in one object (lhotse's writer in spirit).
+
+::
+
+    with LakeWriter(path, meta, overwrite=False) as lake:   # lock, then create or reopen (resume)
+        lake.check_plan(split, shard, utt_ids)             # a committed shard holds what is planned
+        if not lake.is_committed(split, shard):
+            with lake.shard(split, shard, expected_frames=..., expected_samples=...) as w:
+                w.add(...)                                   # a `ShardWriter`
+                w.commit()
+        lake.list_split(split, shard_names)                 # list the committed shards, in order
+
+The lock (`LakeLock`) is held for the whole block, so one client drives a lake at a time. Workers
+in other processes (dask) write their shards with ``ShardWriter(lake.path, split, shard,
+lake.meta)`` directly: only the client updates the root attributes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+from fhb.errors import FhbError
+from fhb.storage.layout import read_node_attrs
+from fhb.storage.lock import LakeLock
+from fhb.storage.schema import LakeMeta, ShardAttrs, SplitInfo, is_committed
+from fhb.storage.writer import ShardWriter, create_lake, update_split_listing
+
+logger = logging.getLogger(__name__)
+
+
+class LakeWriter:
+    """Lock, create or reopen, plan check, shards and split listings of one lake (a context manager).
+
+    Args:
+        path: the lake directory (local filesystem).
+        meta: the layout to write (`LakeMeta`; its split listings are ignored: they start empty).
+        overwrite: replace a lake of another layout (see `create_lake`).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], meta: LakeMeta, overwrite: bool = False) -> None:
+        self.path = Path(path)
+        self._requested = meta
+        self._overwrite = overwrite
+        self._lock = LakeLock(self.path)
+        self._meta: LakeMeta | None = None
+
+    @property
+    def meta(self) -> LakeMeta:
+        """The layout stored in the lake (what `create_lake` returned)."""
+        if self._meta is None:
+            raise ValueError("LakeWriter.meta: use the writer inside its `with` block")
+        return self._meta
+
+    def __enter__(self) -> LakeWriter:
+        self._lock.acquire()
+        try:
+            self._meta = create_lake(self.path, self._requested, overwrite=self._overwrite)
+        except BaseException:
+            self._lock.release()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._meta = None
+        self._lock.release()
+
+    def committed(self, split: str, shard: str) -> ShardAttrs | None:
+        """The attributes of ``split/shard`` when it is committed, else None."""
+        attrs = read_node_attrs(self.path / split / shard)
+        if not is_committed(attrs):
+            return None
+        return ShardAttrs.from_attrs(attrs or {}, f"shard {split}/{shard}")
+
+    def is_committed(self, split: str, shard: str) -> bool:
+        """Whether ``split/shard`` is committed (for resuming: committed shards are done)."""
+        return is_committed(read_node_attrs(self.path / split / shard))
+
+    def check_plan(self, split: str, shard: str, utt_ids: Sequence[str]) -> None:
+        """A committed ``split/shard`` must hold exactly ``utt_ids`` (same order); `FhbError` if not."""
+        found = self.committed(split, shard)
+        if found is not None and list(found.index.utt_ids) != list(utt_ids):
+            raise FhbError(
+                f"lake {self.path}: committed shard {split}/{shard} holds other utterances than "
+                f"this run plans (was it extracted with another --shard-hours or corpus?); "
+                f"rerun with the original options, or pass --overwrite to start over"
+            )
+
+    def shard(
+        self,
+        split: str,
+        name: str,
+        *,
+        expected_frames: int | None = None,
+        expected_samples: int | None = None,
+        background: bool = True,
+        threads: int | None = None,
+    ) -> ShardWriter:
+        """A `ShardWriter` for ``split/name`` of this lake (see its docs; commit it, or it is discarded)."""
+        return ShardWriter(self.path, split, name, self.meta, expected_frames=expected_frames,
+                           expected_samples=expected_samples, background=background, threads=threads)
+
+    def list_split(self, split: str, shard_names: Sequence[str]) -> SplitInfo:
+        """List ``shard_names`` (all committed) as ``split``, in that order (`update_split_listing`)."""
+        info = update_split_listing(self.path, split, shard_names)
+        self._meta = self.meta.with_split(split, info)
+        return info

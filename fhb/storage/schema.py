@@ -1,0 +1,687 @@
+"""The lake's on-disk contract (format v1), in one place.
+
+Everything a writer, the verifier and the readers must agree on is defined here and nowhere
+else: names and constants, the root attributes (`LakeMeta`, `TeacherMeta`, `SplitInfo`), a
+shard's attributes (`ShardAttrs`, with symmetric `ShardAttrs.to_attrs` / `ShardAttrs.from_attrs`
+and its `ShardIndex`), the arrays of a shard (`shard_arrays`), the commit marker
+(`is_committed`), unique utterance ids within a split (`duplicate_ids`), the frame rule (frames
+from samples by the lake's teacher conv stack, `TeacherMeta.num_frames`) and the chunk checksum
+(`crc32`). Adding a stored thing is a change here (plus the writer that fills it).
+
+::
+
+    LAKE/zarr.json                          root group, attrs = LakeMeta.to_dict()
+    LAKE/.fhb.lock                          client lock (lock.py), only while extracting
+    LAKE/<split>/zarr.json                  split group (no attrs)
+    LAKE/<split>/<shard>/zarr.json          shard group, attrs = ShardAttrs.to_attrs()
+    LAKE/<split>/<shard>/<array>/           the arrays of `shard_arrays`
+    LAKE/<split>/_tmp_<shard>_<hex>/        shard being written (invisible to readers)
+    LAKE/<split>/_trash_<shard>_<hex>/      previous version of a shard being replaced
+
+The full layout is written down in ``docs/lake-format.md``. numpy only (no zarr, no torch).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from fhb.errors import FhbError
+from fhb.nn.frames import HUBERT_CONV_LAYERS, ConvSpec, conv_output_length, parse_conv_layers
+from fhb.storage.codecs import DTYPES, TargetCodec
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAME = "fhb-lake"
+FORMAT_VERSION = 1
+FRAME_RATE = 50
+SAMPLE_RATE = 16000
+SAMPLES_PER_FRAME = SAMPLE_RATE // FRAME_RATE  # 320: the teacher's total conv stride
+
+# Files and directories.
+ZARR_JSON = "zarr.json"
+LOCK_FILE = ".fhb.lock"
+TMP_PREFIX = "_tmp_"
+TRASH_PREFIX = "_trash_"
+
+# Arrays of a shard group.
+AUDIO_ARRAY = "audio"
+CNN_ARRAY = "cnn"
+SCALE_SUFFIX = "_scale"
+
+# Attributes of a shard group.
+SHARD_ATTR = "fhb_shard"
+COMMITTED_ATTR = "committed"
+INDEX_COLUMNS = (
+    "utt_id",
+    "speaker",
+    "chapter",
+    "transcript",
+    "num_samples",
+    "num_frames",
+    "sample_offset",
+    "frame_offset",
+)
+CHECKSUM_ALGORITHM = "crc32"
+CHECKSUM_UNIT = "chunk"
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+FramesFn = Callable[[int], int]
+"""Samples -> frames of the teacher's conv stack (see `TeacherMeta.num_frames`)."""
+
+
+def layer_array_name(layer: int) -> str:
+    """Array name of teacher layer ``layer`` (1-based, teacher numbering): ``layer_03``."""
+    return f"layer_{layer:02d}"
+
+
+def scale_array_name(array_name: str) -> str:
+    """Name of the int8 scale/offset array that belongs to ``array_name``."""
+    return array_name + SCALE_SUFFIX
+
+
+def check_name(kind: str, name: str) -> str:
+    """Validate a split or shard name (one path component, no leading ``_`` or ``.``)."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise FhbError(
+            f"{kind} name {name!r}: expected letters, digits, '.', '_' or '-', starting with a "
+            f"letter or digit (names starting with '_' are reserved for temporary shards); "
+            f"rename the {kind}"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class TeacherMeta:
+    """The teacher that produced the targets.
+
+    ``config`` is the architecture config as a plain JSON-able dict (e.g. fairseq's ``cfg.model``);
+    ``num_layers`` transformer layers of width ``dim``.
+    """
+
+    name: str
+    sha256: str
+    config: dict[str, Any]
+    num_layers: int
+    dim: int
+    path: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (the ``teacher`` root attribute)."""
+        return {
+            "name": self.name,
+            "sha256": self.sha256,
+            "config": dict(self.config),
+            "num_layers": self.num_layers,
+            "dim": self.dim,
+            "path": self.path,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "teacher") -> TeacherMeta:
+        """Parse and validate the ``teacher`` attribute."""
+        _require_keys(d, ("name", "sha256", "config", "num_layers", "dim"), where)
+        return cls(
+            name=_typed(d, "name", str, where),
+            sha256=_typed(d, "sha256", str, where),
+            config=_typed(d, "config", dict, where),
+            num_layers=_typed(d, "num_layers", int, where),
+            dim=_typed(d, "dim", int, where),
+            path=d.get("path"),
+        )
+
+    def __post_init__(self) -> None:
+        if self.num_layers < 1 or self.dim < 1:
+            raise FhbError(
+                f"teacher {self.name!r}: expected num_layers >= 1 and dim >= 1, found "
+                f"num_layers={self.num_layers}, dim={self.dim}; fix the teacher config"
+            )
+        self.conv_layers  # noqa: B018  # refuse an unparsable conv stack now, not on first read
+
+    @property
+    def conv_layers(self) -> list[ConvSpec]:
+        """The teacher's conv stack: its config's ``conv_feature_layers``, else HuBERT's."""
+        spec = self.config.get("conv_feature_layers")
+        if spec is None:
+            return list(HUBERT_CONV_LAYERS)
+        try:
+            return parse_conv_layers(spec)
+        except (ValueError, TypeError) as exc:
+            raise FhbError(
+                f"teacher {self.name!r}: expected config.conv_feature_layers like "
+                f"'[(512, 10, 5)] + [(512, 3, 2)] * 4', found {spec!r:.80} ({exc}); the lake's "
+                f"teacher metadata is damaged: re-extract the lake"
+            ) from None
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames the teacher produces for ``num_samples`` samples: the lake's one frame rule
+        (writer, verifier, loader and epoch planning all use it)."""
+        return conv_output_length(num_samples, self.conv_layers)
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    """Listing of one split: its committed shards in manifest order and their totals."""
+
+    shards: tuple[str, ...] = ()
+    utterances: int = 0
+    samples: int = 0
+    frames: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (one entry of the ``splits`` root attribute)."""
+        return {
+            "shards": list(self.shards),
+            "utterances": self.utterances,
+            "samples": self.samples,
+            "frames": self.frames,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str) -> SplitInfo:
+        """Parse and validate one split listing."""
+        _require_keys(d, ("shards", "utterances", "samples", "frames"), where)
+        shards = _typed(d, "shards", list, where)
+        for s in shards:
+            check_name("shard", s)
+        return cls(
+            shards=tuple(shards),
+            utterances=_typed(d, "utterances", int, where),
+            samples=_typed(d, "samples", int, where),
+            frames=_typed(d, "frames", int, where),
+        )
+
+
+@dataclass(frozen=True)
+class LakeMeta:
+    """Root attributes of a lake (format version 1).
+
+    ``teacher`` and the ``splits`` values may also be given as their plain dicts. ``layers`` are
+    teacher layer numbers (1..``teacher.num_layers``, sorted, unique); each is
+    stored as array ``layer_{k:02d}`` of shape ``T x teacher.dim``. ``cnn_features`` adds an array
+    ``cnn`` (``T x cnn_dim``). ``dtype`` is the target encoding and ``codec`` its parameters
+    (chunking, compressor, int8 scale block) as a `TargetCodec` (None, or its ``to_dict`` form,
+    are accepted when constructing: None means ``TargetCodec.default(dtype)``).
+    """
+
+    teacher: TeacherMeta
+    layers: tuple[int, ...]
+    dtype: str = "float16"
+    codec: TargetCodec = None  # type: ignore[assignment]  # None -> TargetCodec.default(dtype)
+    cnn_features: bool = False
+    cnn_dim: int | None = None
+    frame_rate: int = FRAME_RATE
+    sample_rate: int = SAMPLE_RATE
+    splits: dict[str, SplitInfo] = field(default_factory=dict)
+    fhb_version: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        # Normalise (frozen: go through object.__setattr__) and validate once.
+        if not self.fhb_version:
+            from fhb import __version__
+
+            object.__setattr__(self, "fhb_version", __version__)
+        if isinstance(self.teacher, Mapping):  # accept the plain-dict form too
+            object.__setattr__(self, "teacher", TeacherMeta.from_dict(self.teacher))
+        object.__setattr__(
+            self,
+            "splits",
+            {
+                k: v if isinstance(v, SplitInfo) else SplitInfo.from_dict(v, f"split {k!r}")
+                for k, v in self.splits.items()
+            },
+        )
+        object.__setattr__(self, "layers", tuple(int(k) for k in self.layers))
+        if self.dtype not in DTYPES:
+            raise FhbError(
+                f"lake dtype: expected one of {list(DTYPES)}, found {self.dtype!r}; pick one of those"
+            )
+        if self.codec is None:
+            object.__setattr__(self, "codec", TargetCodec.default(self.dtype))
+        elif isinstance(self.codec, Mapping):  # accept the plain-dict form too
+            object.__setattr__(self, "codec", TargetCodec.from_dict(self.codec))
+        self._validate()
+
+    def _validate(self) -> None:
+        if self.format_version != FORMAT_VERSION:
+            raise FhbError(
+                f"lake metadata: expected format_version {FORMAT_VERSION}, found "
+                f"{self.format_version}; build LakeMeta with format_version={FORMAT_VERSION}"
+            )
+        n = self.teacher.num_layers
+        if not self.layers or list(self.layers) != sorted(set(self.layers)) or not all(
+            1 <= k <= n for k in self.layers
+        ):
+            raise FhbError(
+                f"stored layers: expected a non-empty, sorted list of unique teacher layers in "
+                f"1..{n}, found {list(self.layers)}; fix the layer selection"
+            )
+        if self.cnn_features and (self.cnn_dim is None or self.cnn_dim < 1):
+            raise FhbError(
+                f"cnn_features is true: expected cnn_dim >= 1, found {self.cnn_dim}; pass the "
+                f"teacher's CNN feature width (post_extract_proj output, e.g. 768)"
+            )
+        if not self.cnn_features and self.cnn_dim is not None:
+            raise FhbError(
+                f"cnn_features is false: expected cnn_dim None, found {self.cnn_dim}; drop cnn_dim "
+                f"or set cnn_features"
+            )
+        if self.sample_rate % self.frame_rate:
+            raise FhbError(
+                f"sample_rate {self.sample_rate} / frame_rate {self.frame_rate}: expected an integer "
+                f"number of samples per frame; fix the rates"
+            )
+        if not isinstance(self.codec, TargetCodec):
+            raise ValueError(f"LakeMeta.codec: expected a TargetCodec, found {type(self.codec).__name__}")
+        if self.codec.dtype != self.dtype:
+            raise FhbError(
+                f"lake codec: expected encoding for dtype {self.dtype!r}, found {self.codec.dtype!r}; "
+                f"build the codec with TargetCodec.default({self.dtype!r})"
+            )
+        for name in self.splits:
+            check_name("split", name)
+
+    def num_frames(self, num_samples: int) -> int:
+        """Target frames of ``num_samples`` audio samples (`TeacherMeta.num_frames`)."""
+        return self.teacher.num_frames(num_samples)
+
+    @property
+    def samples_per_frame(self) -> int:
+        """Audio samples per target frame (320 at 16 kHz / 50 Hz)."""
+        return self.sample_rate // self.frame_rate
+
+    @property
+    def target_arrays(self) -> tuple[str, ...]:
+        """Names of the target arrays of a shard: the layers, then ``cnn`` if stored."""
+        names = tuple(layer_array_name(k) for k in self.layers)
+        return names + ((CNN_ARRAY,) if self.cnn_features else ())
+
+    def layout_key(self) -> dict[str, Any]:
+        """The fields two writers of one lake must agree on (compared on resume)."""
+        return {
+            "teacher.sha256": self.teacher.sha256,
+            "teacher.dim": self.teacher.dim,
+            "layers": list(self.layers),
+            "dtype": self.dtype,
+            "codec": self.codec.to_dict(),
+            "cnn_features": self.cnn_features,
+            "cnn_dim": self.cnn_dim,
+            "frame_rate": self.frame_rate,
+            "sample_rate": self.sample_rate,
+        }
+
+    def layout_differences(self, other: LakeMeta) -> list[str]:
+        """``"field: A != B"`` for every layout field where ``self`` and ``other`` differ."""
+        a, b = self.layout_key(), other.layout_key()
+        return [f"{k}: {a[k]!r} != {b[k]!r}" for k in a if a[k] != b[k]]
+
+    def with_split(self, name: str, info: SplitInfo) -> LakeMeta:
+        """A copy whose ``splits[name]`` is ``info``."""
+        splits = dict(self.splits)
+        splits[name] = info
+        return replace(self, splits=splits)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The root attributes (JSON-able)."""
+        return {
+            "format": FORMAT_NAME,
+            "format_version": self.format_version,
+            "fhb_version": self.fhb_version,
+            "teacher": self.teacher.to_dict(),
+            "layers": list(self.layers),
+            "cnn_features": self.cnn_features,
+            "cnn_dim": self.cnn_dim,
+            "dtype": self.dtype,
+            "codec": self.codec.to_dict(),
+            "frame_rate": self.frame_rate,
+            "sample_rate": self.sample_rate,
+            "splits": {k: v.to_dict() for k, v in self.splits.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "lake") -> LakeMeta:
+        """Parse and validate root attributes; refuses other format versions with the fix."""
+        if not isinstance(d, Mapping) or d.get("format") != FORMAT_NAME:
+            found = d.get("format") if isinstance(d, Mapping) else type(d).__name__
+            raise FhbError(
+                f"{where}: expected root attribute format={FORMAT_NAME!r}, found {found!r}; this "
+                f"is not an fhb lake: point at a directory written by `fhb extract`"
+            )
+        version = d.get("format_version")
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise FhbError(
+                f"{where}: expected an integer format_version, found {version!r}; the lake's "
+                f"root zarr.json is damaged: re-run `fhb extract` into a new lake"
+            )
+        if version > FORMAT_VERSION:
+            raise FhbError(
+                f"{where} was written by format version {version}; this fhb reads version "
+                f"{FORMAT_VERSION}: upgrade fhb"
+            )
+        if version < FORMAT_VERSION:
+            raise FhbError(
+                f"{where} was written by format version {version}; this fhb reads version "
+                f"{FORMAT_VERSION}: re-extract the lake with this fhb"
+            )
+        keys = ("fhb_version", "teacher", "layers", "cnn_features", "cnn_dim", "dtype", "codec",
+                "frame_rate", "sample_rate", "splits")
+        _require_keys(d, keys, where)
+        splits = _typed(d, "splits", dict, where)
+        return cls(
+            format_version=version,
+            fhb_version=_typed(d, "fhb_version", str, where),
+            teacher=TeacherMeta.from_dict(_typed(d, "teacher", dict, where), f"{where}: teacher"),
+            layers=tuple(_typed(d, "layers", list, where)),
+            cnn_features=_typed(d, "cnn_features", bool, where),
+            cnn_dim=d["cnn_dim"],
+            dtype=_typed(d, "dtype", str, where),
+            codec=TargetCodec.from_dict(_typed(d, "codec", dict, where)),
+            frame_rate=_typed(d, "frame_rate", int, where),
+            sample_rate=_typed(d, "sample_rate", int, where),
+            splits={
+                k: SplitInfo.from_dict(v, f"{where}: split {k!r}") for k, v in splits.items()
+            },
+        )
+
+
+def _require_keys(d: Mapping[str, Any], keys: Sequence[str], where: str) -> None:
+    missing = [k for k in keys if k not in d]
+    if missing:
+        raise FhbError(
+            f"{where}: expected keys {list(keys)}, missing {missing}; the metadata is incomplete "
+            f"or from another tool: re-run `fhb extract` into a new lake"
+        )
+
+
+def _typed(d: Mapping[str, Any], key: str, typ: type, where: str) -> Any:
+    value = d[key]
+    ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
+    if not ok:
+        raise FhbError(
+            f"{where}: expected {key!r} of type {typ.__name__}, found {type(value).__name__} "
+            f"({value!r:.80}); the metadata is damaged: re-run `fhb extract` into a new lake"
+        )
+    return value
+
+
+def hours(num_samples: int, sample_rate: int = SAMPLE_RATE) -> float:
+    """Audio duration in hours."""
+    return num_samples / sample_rate / 3600.0
+
+
+def num_chunks(length: int, chunk: int) -> int:
+    """Number of chunks of size ``chunk`` covering ``length`` elements."""
+    return math.ceil(length / chunk) if length else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Shards: checksums, the utterance index, the shard attributes, the arrays, the commit marker.
+
+
+def crc32(a: np.ndarray) -> int:
+    """crc32 of an array's values as stored: little-endian, C order, in-bounds part of a chunk."""
+    a = np.ascontiguousarray(a)
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    return zlib.crc32(memoryview(a).cast("B")) & 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class ShardIndex:
+    """Utterance index of one shard (rows in manifest order).
+
+    Strings are lists; counts and offsets are int64 arrays of length ``n``.
+    """
+
+    utt_ids: tuple[str, ...]
+    speakers: tuple[str, ...]
+    chapters: tuple[str, ...]
+    transcripts: tuple[str, ...]
+    num_samples: np.ndarray
+    num_frames: np.ndarray
+    sample_offsets: np.ndarray
+    frame_offsets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.utt_ids)
+
+    @property
+    def total_frames(self) -> int:
+        """Frames of all utterances (rows of every target array)."""
+        return int(self.num_frames.sum())
+
+    @property
+    def total_samples(self) -> int:
+        """Samples of all utterances (length of ``audio``)."""
+        return int(self.num_samples.sum())
+
+    def to_dict(self) -> dict[str, list[Any]]:
+        """Column dict (JSON-able)."""
+        return {
+            "utt_id": list(self.utt_ids),
+            "speaker": list(self.speakers),
+            "chapter": list(self.chapters),
+            "transcript": list(self.transcripts),
+            "num_samples": self.num_samples.tolist(),
+            "num_frames": self.num_frames.tolist(),
+            "sample_offset": self.sample_offsets.tolist(),
+            "frame_offset": self.frame_offsets.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str) -> ShardIndex:
+        """Parse the ``index`` column dict; columns must exist and have equal lengths."""
+        missing = [c for c in INDEX_COLUMNS if c not in d]
+        if missing:
+            raise FhbError(
+                f"{where}: index expected columns {list(INDEX_COLUMNS)}, missing {missing}; the "
+                f"shard is damaged: re-extract it"
+            )
+        lengths = {c: len(d[c]) for c in INDEX_COLUMNS}
+        if len(set(lengths.values())) != 1:
+            raise FhbError(
+                f"{where}: index columns expected equal lengths, found {lengths}; the shard is "
+                f"damaged: re-extract it"
+            )
+
+        def ints(c: str) -> np.ndarray:
+            return np.asarray(d[c], dtype=np.int64).reshape(-1)
+
+        return cls(
+            utt_ids=tuple(str(u) for u in d["utt_id"]),
+            speakers=tuple(str(u) for u in d["speaker"]),
+            chapters=tuple(str(u) for u in d["chapter"]),
+            transcripts=tuple(str(u) for u in d["transcript"]),
+            num_samples=ints("num_samples"),
+            num_frames=ints("num_frames"),
+            sample_offsets=ints("sample_offset"),
+            frame_offsets=ints("frame_offset"),
+        )
+
+    def consistency_problems(self) -> list[str]:
+        """Offsets contiguous from 0, counts non-negative, ids unique: problems as sentences."""
+        problems = []
+        for what, counts, offsets in (
+            ("frame", self.num_frames, self.frame_offsets),
+            ("sample", self.num_samples, self.sample_offsets),
+        ):
+            if (counts < 0).any():
+                problems.append(f"negative num_{what}s at rows {np.flatnonzero(counts < 0)[:5].tolist()}")
+            expected = np.concatenate([[0], np.cumsum(counts)[:-1]]) if len(counts) else counts
+            bad = np.flatnonzero(offsets != expected)
+            if bad.size:
+                i = int(bad[0])
+                problems.append(
+                    f"{what}_offset of {self.utt_ids[i]!r} (row {i}): expected {int(expected[i])} "
+                    f"(contiguous), found {int(offsets[i])}"
+                )
+        if len(set(self.utt_ids)) != len(self.utt_ids):
+            seen: set[str] = set()
+            dup = [u for u in self.utt_ids if u in seen or seen.add(u)]  # type: ignore[func-returns-value]
+            problems.append(f"duplicate utterance ids {dup[:5]}")
+        return problems
+
+
+@dataclass(frozen=True)
+class ShardAttrs:
+    """The attributes of a shard group: ``{"committed": bool, "fhb_shard": {...}}``.
+
+    ``fhb_shard`` holds the split and shard names, the utterance index (one column per field,
+    rows in manifest order), the skipped utterances, per-chunk checksums of every array
+    (``checksums[array][i]`` is the `crc32` of chunk ``i`` as stored) and who wrote it. Offsets
+    are cumulative: utterance ``i`` owns frames ``frame_offset[i] : frame_offset[i] + num_frames[i]``
+    of every target array and samples ``sample_offset[i] : sample_offset[i] + num_samples[i]`` of
+    ``audio``. `to_attrs` and `from_attrs` are inverses.
+    """
+
+    committed: bool
+    split: str
+    name: str
+    index: ShardIndex
+    skipped: tuple[dict[str, str], ...]
+    checksums: dict[str, list[int]]
+    written: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def num_utterances(self) -> int:
+        """Utterances stored in the shard."""
+        return len(self.index)
+
+    def to_attrs(self) -> dict[str, Any]:
+        """The shard group's attributes (JSON-able); totals are written for human readers."""
+        return {
+            COMMITTED_ATTR: self.committed,
+            SHARD_ATTR: {
+                "format_version": self.format_version,
+                "split": self.split,
+                "name": self.name,
+                "num_utterances": len(self.index),
+                "num_frames": self.index.total_frames,
+                "num_samples": self.index.total_samples,
+                "index": self.index.to_dict(),
+                "skipped": [dict(s) for s in self.skipped],
+                "checksums": {
+                    "algorithm": CHECKSUM_ALGORITHM,
+                    "unit": CHECKSUM_UNIT,
+                    "arrays": {k: list(v) for k, v in self.checksums.items()},
+                },
+                "written": dict(self.written),
+            },
+        }
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any], where: str) -> ShardAttrs:
+        """Parse a shard group's attributes (FhbError naming ``where`` if malformed)."""
+        info = attrs.get(SHARD_ATTR)
+        if not isinstance(info, Mapping):
+            raise FhbError(
+                f"{where}: expected attribute {SHARD_ATTR!r} (an fhb shard), found keys "
+                f"{sorted(attrs)}; the shard is damaged or foreign: re-extract it"
+            )
+        for key in ("split", "name", "index", "skipped", "checksums"):
+            if key not in info:
+                raise FhbError(
+                    f"{where}: expected {SHARD_ATTR}.{key}, missing; the shard is damaged: "
+                    f"re-extract it"
+                )
+        sums = info["checksums"]
+        if sums.get("algorithm") != CHECKSUM_ALGORITHM or sums.get("unit") != CHECKSUM_UNIT:
+            raise FhbError(
+                f"{where}: expected checksums crc32 per chunk, found "
+                f"{sums.get('algorithm')!r}/{sums.get('unit')!r}; upgrade fhb"
+            )
+        return cls(
+            committed=is_committed(attrs),
+            split=str(info["split"]),
+            name=str(info["name"]),
+            index=ShardIndex.from_dict(info["index"], where),
+            skipped=tuple(dict(s) for s in info["skipped"]),
+            checksums={k: [int(c) for c in v] for k, v in sums["arrays"].items()},
+            written=dict(info.get("written") or {}),
+            format_version=int(info.get("format_version", FORMAT_VERSION)),
+        )
+
+
+def writing_attrs() -> dict[str, Any]:
+    """The attributes of a shard group while it is being written (not a shard yet)."""
+    return {COMMITTED_ATTR: False, SHARD_ATTR: {"state": "writing"}}
+
+
+def is_committed(attrs: Mapping[str, Any] | None) -> bool:
+    """Whether a shard group with attributes ``attrs`` is committed (its commit marker is set).
+
+    The marker is written last, after everything else of the shard: a reader sees a shard only
+    when this holds."""
+    return bool(attrs) and attrs.get(COMMITTED_ATTR) is True  # type: ignore[union-attr]
+
+
+def duplicate_ids(shards: Iterable[tuple[str, Sequence[str]]]) -> Iterator[tuple[str, str, str]]:
+    """``(utt_id, first shard, later shard)`` for every utterance id that ``shards`` (pairs of
+    shard name and its ids, in listing order) hold more than once: ids are unique in a split."""
+    seen: dict[str, str] = {}
+    for shard, ids in shards:
+        for u in ids:
+            if u in seen:
+                yield u, seen[u], shard
+            else:
+                seen[u] = shard
+
+
+def duplicate_id_error(split: str, duplicate: tuple[str, str, str], fix: str) -> FhbError:
+    """The one-line error for a `duplicate_ids` result in ``split``."""
+    u, first, later = duplicate
+    return FhbError(
+        f"split {split!r}: expected unique utterance ids, found {u!r} in shards {first!r} and "
+        f"{later!r}; {fix}"
+    )
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One array of a shard: name, shape, chunk shape, stored dtype and its ``fhb`` attributes."""
+
+    name: str
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    dtype: np.dtype
+    attrs: dict[str, Any]
+
+
+def shard_arrays(meta: LakeMeta, frames: int, samples: int) -> list[ArraySpec]:
+    """The arrays of a shard of ``frames`` target frames and ``samples`` audio samples.
+
+    ``audio`` (``S`` int16); one ``layer_KK`` per stored layer and ``cnn`` if stored
+    (``T x D``, chunked ``chunk_frames x D``, the codec's stored dtype); for int8 lakes each
+    target array has a ``<name>_scale`` companion (``ceil(T / B) x 2 x D`` float32, scale
+    chunk ``i`` belonging to data chunk ``i``). The writer creates exactly these; the verifier
+    expects exactly these.
+    """
+    codec = meta.codec
+    c = codec.chunk_frames
+    out = [ArraySpec(AUDIO_ARRAY, (samples,), (codec.audio_chunk_samples,), np.dtype(np.int16),
+                     {"kind": "audio", "sample_rate": meta.sample_rate})]
+    targets: list[tuple[str, int, dict[str, Any]]] = [
+        (layer_array_name(k), meta.teacher.dim, {"kind": "layer", "layer": k}) for k in meta.layers
+    ]
+    if meta.cnn_features:
+        targets.append((CNN_ARRAY, int(meta.cnn_dim or 0), {"kind": "cnn"}))
+    encoding = codec.to_dict()["encoding"]
+    for name, dim, attrs in targets:
+        out.append(ArraySpec(name, (frames, dim), (c, dim), codec.stored_dtype,
+                             {**attrs, "encoding": encoding}))
+        if codec.has_scales:
+            b = codec.scale_block_frames or c
+            out.append(ArraySpec(scale_array_name(name), (num_chunks(frames, b), 2, dim), (c // b, 2, dim),
+                                 np.dtype(np.float32),
+                                 {"kind": "scale", "of": name, "block_frames": b, "rows": ["scale", "offset"]}))
+    return out
