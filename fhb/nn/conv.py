@@ -16,18 +16,17 @@ from torch import nn
 from fhb.nn.frames import ConvSpec, conv_output_lengths
 
 
+def _fp32(param: torch.Tensor | None) -> torch.Tensor | None:
+    """An affine parameter in float32 (None when the norm has none)."""
+    return None if param is None else param.float()
+
+
 class Fp32GroupNorm(nn.GroupNorm):
     """GroupNorm computed in float32 whatever the input dtype (fairseq's ``Fp32GroupNorm``)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``B x C x T`` -> ``B x C x T``."""
-        out = F.group_norm(
-            x.float(),
-            self.num_groups,
-            self.weight.float() if self.weight is not None else None,
-            self.bias.float() if self.bias is not None else None,
-            self.eps,
-        )
+        out = F.group_norm(x.float(), self.num_groups, _fp32(self.weight), _fp32(self.bias), self.eps)
         return out.type_as(x)
 
 
@@ -36,13 +35,7 @@ class Fp32LayerNorm(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``... x C`` -> ``... x C``."""
-        out = F.layer_norm(
-            x.float(),
-            self.normalized_shape,
-            self.weight.float() if self.weight is not None else None,
-            self.bias.float() if self.bias is not None else None,
-            self.eps,
-        )
+        out = F.layer_norm(x.float(), self.normalized_shape, _fp32(self.weight), _fp32(self.bias), self.eps)
         return out.type_as(x)
 
 

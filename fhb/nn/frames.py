@@ -37,15 +37,21 @@ def parse_conv_layers(spec: str | Sequence[Sequence[int]]) -> list[ConvSpec]:
         try:
             tree = ast.parse(spec.strip(), mode="eval")
             value = _eval_layer_expr(tree.body)
+            if not isinstance(value, list):
+                raise ValueError(f"a {type(value).__name__}, not a list of layers")
         except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
             raise ValueError(
                 f"conv layer spec {spec!r} is not of the form '[(dim, kernel, stride)] * n + ...': {exc}"
             ) from None
     else:
-        value = [tuple(layer) for layer in spec]
+        value = list(spec)
     layers: list[ConvSpec] = []
     for layer in value:
-        if len(layer) != 3 or not all(isinstance(v, int) and v > 0 for v in layer):
+        if (
+            not isinstance(layer, (tuple, list))
+            or len(layer) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in layer)
+        ):
             raise ValueError(
                 f"conv layer {layer!r} in {spec!r} is not a (dim, kernel, stride) triple of positive ints"
             )

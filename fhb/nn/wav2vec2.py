@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -43,7 +43,7 @@ class BackboneConfig:
     feature_grad_mult: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
-    _UNSUPPORTED: tuple[tuple[str, Any], ...] = (
+    _UNSUPPORTED: ClassVar[tuple[tuple[str, Any], ...]] = (
         ("pos_conv_depth", 1),
         ("layer_type", "transformer"),
         ("conv_pos_batch_norm", False),
@@ -68,8 +68,8 @@ class BackboneConfig:
                     f"model option {key}={value!r} is not supported (fhb implements {key}={supported!r})"
                 )
         kwargs: dict[str, Any] = {}
-        for name in cls.__dataclass_fields__:
-            if name in ("extra", "_UNSUPPORTED") or name not in cfg or cfg[name] is None:
+        for name in (f.name for f in fields(cls)):
+            if name == "extra" or name not in cfg or cfg[name] is None:
                 continue
             kwargs[name] = cfg[name]
         if "conv_feature_layers" in kwargs:
@@ -80,11 +80,7 @@ class BackboneConfig:
 
     def to_fairseq(self) -> dict[str, Any]:
         """The fields as fairseq names them (``conv_feature_layers`` as its string form)."""
-        out = {
-            name: getattr(self, name)
-            for name in self.__dataclass_fields__
-            if name not in ("extra", "_UNSUPPORTED")
-        }
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         out["conv_feature_layers"] = conv_layers_to_string(self.conv_feature_layers)
         return out
 

@@ -50,8 +50,24 @@ def _drop_pretraining_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return {k: v for k, v in state.items() if not k.startswith(PRETRAINING_ONLY)}
 
 
+class _ArchSizes:
+    """``num_layers`` and ``dim`` of a class holding a backbone config in ``arch``."""
+
+    arch: BackboneConfig
+
+    @property
+    def num_layers(self) -> int:
+        """Transformer layers ``L`` (12 for Base)."""
+        return self.arch.encoder_layers
+
+    @property
+    def dim(self) -> int:
+        """Model dimension ``D`` (768 for Base)."""
+        return self.arch.encoder_embed_dim
+
+
 @dataclass
-class Teacher:
+class Teacher(_ArchSizes):
     """A loaded teacher. Build it with :func:`load_teacher`.
 
     Attributes:
@@ -77,16 +93,6 @@ class Teacher:
     device: torch.device
     precision: str = "fp32"
     max_batch_samples: int = DEFAULT_BATCH_SAMPLES
-
-    @property
-    def num_layers(self) -> int:
-        """Transformer layers ``L`` (12 for Base)."""
-        return self.arch.encoder_layers
-
-    @property
-    def dim(self) -> int:
-        """Model dimension ``D`` (768 for Base)."""
-        return self.arch.encoder_embed_dim
 
     def num_frames(self, num_samples: int) -> int:
         """Frames the teacher produces for ``num_samples`` samples (conv arithmetic)."""
@@ -262,7 +268,7 @@ def _meta_backbone(path: Path, arch: BackboneConfig, state: dict[str, torch.Tens
 
 
 @dataclass(frozen=True)
-class TeacherSpec:
+class TeacherSpec(_ArchSizes):
     """What a checkpoint declares, read without building the model (see :func:`read_teacher_spec`).
 
     Attributes:
@@ -285,16 +291,6 @@ class TeacherSpec:
     normalize: bool
     size: int
     mtime_ns: int
-
-    @property
-    def num_layers(self) -> int:
-        """Transformer layers ``L``."""
-        return self.arch.encoder_layers
-
-    @property
-    def dim(self) -> int:
-        """Model dimension ``D``."""
-        return self.arch.encoder_embed_dim
 
 
 def _spec_from_checkpoint(path: Path, ckpt: dict[str, Any], sha256: str | None) -> TeacherSpec:

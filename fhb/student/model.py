@@ -71,12 +71,16 @@ class EncoderOutput:
         reduced: the time-reduction layer's output ``B x T2 x D`` (None without it).
         lengths: ``B`` valid frames at the layers' rate (``T2 = T' // f``).
         padding_mask: ``B x T2`` (True = pad), None when nothing is padded.
+        first_layer_input: ``B x T2 x D``, what the first transformer layer receives: ``reduced``
+            with the time-reduction layer, else the embedding (``x + pos_conv(x)``, post-LN
+            ``layer_norm``, dropout).
     """
 
     hidden_states: list[torch.Tensor]
     reduced: torch.Tensor | None
     lengths: torch.Tensor
     padding_mask: torch.Tensor | None
+    first_layer_input: torch.Tensor
 
 
 class TimeReducedEncoder(TransformerEncoder):
@@ -141,11 +145,12 @@ class TimeReducedEncoder(TransformerEncoder):
             x = reduced = tr(x)
             lengths = tr.reduce_lengths(lengths)
             padding_mask = tr.reduce_mask(padding_mask) if padding_mask is not None else None
+        first_layer_input = x
         hidden: list[torch.Tensor] = []
         for index in range(self.first_transformer, len(self.layers)):
             x = self.run_layer(index, x, padding_mask)
             hidden.append(x)
-        return EncoderOutput(hidden, reduced, lengths, padding_mask)
+        return EncoderOutput(hidden, reduced, lengths, padding_mask, first_layer_input)
 
 
 @dataclass
@@ -169,6 +174,10 @@ class StudentOutput:
         cnn_padding_mask: ``B x T'`` (True = pad), None when nothing is padded.
         hidden_padding_mask: ``B x T2``, None when nothing is padded.
         reduced: the time-reduction layer's output ``B x T2 x D`` (None without it).
+        first_layer_input: ``B x T2 x D``, the input of the first transformer layer (s3prl's
+            ``hidden_states[0]``): ``reduced`` with the time-reduction layer, else the encoder's
+            embedding (``x + pos_conv(x)``, post-LN ``layer_norm``, dropout). :meth:`FitHuBERT.forward`
+            always sets it; None only in outputs built by hand.
     """
 
     projections: list[torch.Tensor]
@@ -181,6 +190,7 @@ class StudentOutput:
     cnn_padding_mask: torch.Tensor | None
     hidden_padding_mask: torch.Tensor | None
     reduced: torch.Tensor | None = None
+    first_layer_input: torch.Tensor | None = None
 
 
 class FitHuBERT(nn.Module):
@@ -335,6 +345,7 @@ class FitHuBERT(nn.Module):
             cnn_padding_mask=mask,
             hidden_padding_mask=enc.padding_mask,
             reduced=enc.reduced,
+            first_layer_input=enc.first_layer_input,
         )
 
     def forward(self, wavs: torch.Tensor, lengths: torch.Tensor | None = None) -> StudentOutput:

@@ -11,7 +11,9 @@ from tests.reference import fairseq_layers, load_fairseq_model
 
 pytestmark = pytest.mark.reference
 
-TOLERANCE = 1e-4
+TOLERANCE = 1e-5
+"""Max abs error of every layer and of the CNN features, fp32, as README's "Faithfulness" states it
+(measured: layers 1.9e-6 on HuBERT / wav2vec 2.0 Base shapes, 7e-7 on the tiny models; CNN 0)."""
 
 
 def _max_errors(path: Path, wavs: dict) -> tuple[float, float, float]:

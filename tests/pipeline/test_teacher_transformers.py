@@ -12,6 +12,10 @@ from fhb.pipeline.teacher import load_teacher
 
 pytestmark = pytest.mark.reference
 
+TOLERANCE = 1e-5
+"""Max abs error of every layer, fp32, as README's "Faithfulness" states it (measured: 0 on the tiny
+HuBERT, the two run the same kernels)."""
+
 _RENAMES = [
     (r"^feature_extractor\.conv_layers\.(\d+)\.0\.", r"feature_extractor.conv_layers.\1.conv."),
     (r"^feature_extractor\.conv_layers\.0\.2\.", "feature_extractor.conv_layers.0.layer_norm."),
@@ -62,4 +66,4 @@ def test_transformers_hubert_parity(tiny_teacher_path: Path, fixture_wavs: dict)
         ref = torch.stack([h[0] for h in hidden[1:]])
         assert ref.shape == ours.shape
         worst = max(worst, (ref - ours).abs().max().item())
-    assert worst <= 1e-4, worst
+    assert worst <= TOLERANCE, worst

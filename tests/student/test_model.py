@@ -238,3 +238,31 @@ def test_init_from_teacher(tiny_teacher_path) -> None:
     wrong = dataclasses.replace(StudentConfig(), init_conv_layers=True)
     with pytest.raises(FhbError, match="teacher's shapes"):
         build_student(wrong, teacher=teacher)
+
+
+@pytest.mark.parametrize("enable_tr_layer", [True, False])
+def test_first_layer_input_is_what_the_first_transformer_layer_receives(
+    tiny_config: FitConfig, enable_tr_layer: bool
+) -> None:
+    """s3prl's ``hidden_states[0]``: the reduction output, else the embedding (once read by a hook)."""
+    cfg = dataclasses.replace(tiny_config.distiller, enable_tr_layer=enable_tr_layer)
+    torch.manual_seed(0)
+    model = build_student(cfg).eval()
+    model.disable_projection_heads()
+    received: list[torch.Tensor] = []
+    first = model.encoder.layers[model.encoder.first_transformer]
+    first.register_forward_pre_hook(lambda _m, args: received.append(args[0]))
+    embedded: list[torch.Tensor] = []
+    model.encoder.dropout.register_forward_hook(lambda _m, _i, out: embedded.append(out))
+    lengths = torch.tensor([8000, 6000])
+    wavs = torch.randn(2, 8000) * (torch.arange(8000)[None] < lengths[:, None])
+    with torch.no_grad():
+        out = model(wavs, lengths)
+    assert out.first_layer_input is not None
+    assert out.first_layer_input.shape == out.hidden_states[0].shape
+    assert torch.equal(out.first_layer_input, received[-1])
+    if enable_tr_layer:
+        assert out.reduced is not None and torch.equal(out.first_layer_input, out.reduced)
+        assert out.first_layer_input.shape[1] == embedded[-1].shape[1] // 2
+    else:
+        assert out.reduced is None and torch.equal(out.first_layer_input, embedded[-1])

@@ -117,9 +117,6 @@ class UpstreamExpert(nn.Module):
         self.config = config
         stride = total_stride(model.feature_extractor.specs)
         self._rates = {"hidden_states": stride * model.reduce_factor, "last_hidden_state": stride}
-        self._embedding: list[torch.Tensor] = []
-        # the embedding (index 0 without the time-reduction layer) is the encoder dropout's output
-        model.encoder.dropout.register_forward_hook(lambda _m, _i, out: self._embedding.append(out))
 
     def get_downsample_rates(self, key: str) -> int:
         """Waveform samples per frame of output ``key`` (640 / 320 for FitHuBERT, see above)."""
@@ -142,8 +139,7 @@ class UpstreamExpert(nn.Module):
         device = next(self.model.parameters()).device
         lengths = torch.tensor([len(w) for w in wavs], dtype=torch.long, device=device)
         padded = pad_sequence([w.to(device, torch.float32) for w in wavs], batch_first=True)
-        self._embedding.clear()
         out = self.model(padded, lengths)
-        first = out.reduced if out.reduced is not None else self._embedding[-1]
-        self._embedding.clear()
-        return {"hidden_states": [first, *out.hidden_states], "last_hidden_state": out.last_hidden_state}
+        assert out.first_layer_input is not None  # the student's forward always sets it
+        hidden = [out.first_layer_input, *out.hidden_states]
+        return {"hidden_states": hidden, "last_hidden_state": out.last_hidden_state}
