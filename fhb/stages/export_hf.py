@@ -343,7 +343,7 @@ tags:
 
 # {title}
 
-{what} exported by [fhb](https://github.com/) {version} from `{source}` (update {steps}).
+{what} exported by fhb {version} from `{source}` (update {steps}).
 The weights are `model.safetensors` (no pickle); the waveform is 16 kHz mono, not normalised
 (`do_normalize: false`, as the student was trained).
 
