@@ -39,9 +39,9 @@ from fhb.student import (
     load_packaged_config,
     load_student,
     load_student_checkpoint,
-    save_published_checkpoint,
     save_student,
 )
+from tests.student.published import write_published_checkpoint
 
 TEACHER_SHA = "ab" * 32
 LENGTHS = (32000, 17777, 24321)
@@ -81,20 +81,6 @@ def _fake_run(run: Path, config: FitConfig, seed: int) -> FitHuBERT:
     return model
 
 
-def _published(tmp: Path) -> tuple[Path, Path]:
-    """A tiny FitHuBERT checkpoint in the published Lightning layout (teacher keys, optimizer
-    state, as the published train.py saves it) and its yaml."""
-    config = load_packaged_config("tiny")
-    torch.manual_seed(5)
-    ckpt, yaml_path = save_published_checkpoint(build_fit_student(config), config, tmp / "published.ckpt",
-                                                global_step=1234)
-    raw = torch.load(ckpt, weights_only=True)
-    raw["state_dict"] = {"teacher_model.model.encoder.layer_norm.weight": torch.ones(64), **raw["state_dict"]}
-    raw["optimizer_states"] = [{"state": {}, "param_groups": [{"lr": 5e-4}]}]
-    torch.save(raw, ckpt)
-    return ckpt, yaml_path
-
-
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     """Per variant: the export folder, the run it came from, and the native student to compare with."""
@@ -106,7 +92,8 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
         native, _ = load_student(root / f"run-{name}" / run_state.STUDENT)
         out[name] = {"folder": res.out, "run": root / f"run-{name}", "arch": res.architecture, "native": native}
     # a published FitHuBERT checkpoint: import-checkpoint -> export-hf
-    ckpt, yaml_path = _published(root)
+    ckpt = write_published_checkpoint(root / "published.ckpt", load_packaged_config("tiny"))
+    yaml_path = ckpt.with_suffix(".yaml")
     run = import_checkpoint(ckpt, root / "run-fit", yaml_path).run
     res = export_hf(run, root / "fit")
     native, _ = load_student(ckpt, yaml_path)
