@@ -128,13 +128,15 @@ _SCRIPT = textwrap.dedent("""
         with torch.no_grad():
             batched = model(**inputs, output_hidden_states=True)
             alone = [model(w[None], output_hidden_states=True) for w in wavs]
+        lengths = inputs["attention_mask"].sum(-1)
+        frames = model.hidden_state_lengths(lengths) if remote else model._get_feat_extract_output_lengths(lengths)
         torch.save({
             "class": type(model).__name__, "module": type(model).__module__,
             "info": {k: sorted(v) for k, v in info.items() if k != "error_msgs"},
             "extractor": type(extractor).__name__, "do_normalize": extractor.do_normalize,
             "sampling_rate": extractor.sampling_rate, "ratio": model.config.inputs_to_logits_ratio,
             "input_values": inputs["input_values"], "attention_mask": inputs["attention_mask"],
-            "batched": pack(batched), "alone": [pack(o) for o in alone],
+            "batched": pack(batched), "alone": [pack(o) for o in alone], "frames": frames,
             "modules": sorted(m for m in sys.modules if m.split(".")[0] == "fhb"),
         }, out_file)
 """)
@@ -215,6 +217,8 @@ def test_automodel_matches_fhb(name: str, exports: dict[str, dict], isolated: di
             _close(hf["prediction"], ref["prediction"], f"{name} {what} prediction")
         frames = int(conv_output_lengths(torch.tensor([samples]), d.conv_feature_layers)) // f
         assert hf["hidden"][0].shape[1:] == (frames, d.encoder_embed_dim)
+    # valid frames per utterance, as the model reports them
+    assert got["frames"].tolist() == (conv_output_lengths(lengths, d.conv_feature_layers) // f).tolist()
     # the frame rate the config states: 40 ms with the time-reduction layer, 20 ms without
     assert got["ratio"] == 320 * f == (640 if name == "fit" else 320)
     if not d.layer_norm_first:
@@ -324,6 +328,10 @@ def test_s3prl_export_writes_safetensors_the_upstream_prefers(exports: dict[str,
         state = expert._read_checkpoint(str(res.checkpoint))
         assert "state_dict" not in state and sorted(state["model"]) == sorted(plain)  # read the safetensors
         assert state["config"] == yaml.safe_load(res.yaml.read_text())
+        alone = tmp_path / "ckpt-only"
+        alone.mkdir()
+        (alone / res.checkpoint.name).write_bytes(res.checkpoint.read_bytes())
+        assert "state_dict" in expert._read_checkpoint(str(alone / res.checkpoint.name))  # no .safetensors: torch.load
     finally:
         sys.path.remove(str(res.out))
         for module in [m for m in sys.modules if m.split(".")[0] == UPSTREAM_NAME]:
