@@ -514,7 +514,7 @@ class ExportResult:
 
 
 def write_safetensors(model: Any, config: Any, path: Path, step: int = 0) -> Path:
-    """Write the student's tensors (its state-dict keys and order) as safetensors, no pickle.
+    """Write the student's tensors (its state-dict keys, no prefix) as safetensors, no pickle.
 
     Metadata: ``format: pt``, ``fhb_config`` (the yaml dict as JSON, as ``hyper_parameters['cfg']``
     of the ``.ckpt``) and ``global_step``.
