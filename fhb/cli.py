@@ -198,6 +198,41 @@ def export_s3prl(
     typer.echo(f"exported {result.source} (update {result.step}) to {result.out}; see {result.upstream / 'README.md'}")
 
 
+@app.command("export-hf")
+def export_hf(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to create (config.json, model.safetensors, preprocessor_config.json, README.md).")],
+    run: Annotated[Optional[Path], typer.Option(help="Run directory of fhb distill / fhb import-checkpoint.")] = None,
+    step: Annotated[Optional[int], typer.Option(help="Export checkpoints/step-N.pt instead of the final student.")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Export this checkpoint file instead.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="Yaml for a checkpoint that stores no config (bare state dict).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
+) -> None:
+    """Write a run's student as a Hugging Face transformers model (AutoModel.from_pretrained(OUT), safetensors)."""
+    from fhb.stages.export_hf import REMOTE
+    from fhb.stages.export_hf import export_hf as _export
+
+    if run is None and checkpoint is None:
+        raise FhbError("export-hf: expected --run RUN or --checkpoint PATH, found neither")
+    result = _export(run, out, step=step, checkpoint=checkpoint, yaml_path=config, overwrite=overwrite)
+    trust = ", trust_remote_code=True" if result.architecture == REMOTE else ""
+    typer.echo(f"exported {result.source} (update {result.step}) to {result.out} as {result.architecture}; "
+               f"load it with AutoModel.from_pretrained({str(result.out)!r}{trust})")
+
+
+@app.command("import-hf")
+def import_hf(
+    folder: Annotated[Path, typer.Argument(help="A folder written by `fhb export-hf`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create.")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
+) -> None:
+    """Turn an `fhb export-hf` folder back into an fhb run directory (bit for bit, prediction heads included)."""
+    from fhb.stages.import_hf import import_hf as _import
+
+    result = _import(folder, out, overwrite=overwrite)
+    typer.echo(f"imported {folder} ({result.architecture}, update {result.step}, {result.num_tensors} tensors) "
+               f"into {result.run}")
+
+
 @app.command("import-checkpoint")
 def import_checkpoint(
     ckpt: Annotated[Path, typer.Argument(help="Published FitHuBERT / FitW2V2 .ckpt (or any student checkpoint fhb reads).")],

@@ -7,6 +7,9 @@ names; or ``--step N`` / ``--checkpoint PATH``) :func:`export_s3prl` writes::
                               tensors for fithubert.yaml), hyper_parameters = {"cfg": <yaml dict>};
                               loads unchanged in the published upstream (-k fithubert.ckpt -g fithubert.yaml)
     OUT/fithubert.yaml        the yaml (distiller: section builds the model)
+    OUT/fithubert.safetensors the same student tensors without pickle (keys without the
+                              student_model. prefix; metadata: the yaml as JSON, global_step);
+                              the S3PRL upstream below reads it in preference to the .ckpt
     OUT/model_card.md         teacher, lake, steps, final dev losses per layer, parameter counts
     OUT/fithubert_fhb/        a self-contained S3PRL upstream (torch + pyyaml only):
         expert.py, hubconf.py   from fhb/stages/s3prl_upstream/ (verbatim)
@@ -49,6 +52,7 @@ from fhb.errors import FhbError
 __all__ = [
     "BUNDLE_ROOTS",
     "CKPT_NAME",
+    "SAFETENSORS_NAME",
     "UPSTREAM_NAME",
     "YAML_NAME",
     "ExportResult",
@@ -58,6 +62,7 @@ __all__ = [
     "load_run_student",
     "resolve_run_checkpoint",
     "write_model_card",
+    "write_safetensors",
     "write_s3prl_upstream",
 ]
 
@@ -65,6 +70,7 @@ log = logging.getLogger(__name__)
 
 CKPT_NAME = "fithubert.ckpt"
 YAML_NAME = "fithubert.yaml"
+SAFETENSORS_NAME = "fithubert.safetensors"
 CARD_NAME = "model_card.md"
 UPSTREAM_NAME = "fithubert_fhb"
 """The S3PRL upstream's name (``-u fithubert_fhb``) and folder (``s3prl/upstream/fithubert_fhb``)."""
@@ -309,7 +315,9 @@ _README = """\
 A self-contained [S3PRL](https://github.com/s3prl/s3prl) upstream: `expert.py`, `hubconf.py`
 and `_fhb/` (fhb's student code, bundled at export time; needs only torch and pyyaml, no
 fairseq, no torchaudio, no fhb). The weights are `{ckpt}` and `{yaml}` next to this folder
-(the published FitHuBERT layout: they also load in the published `fithubert` upstream).
+(the published FitHuBERT layout: they also load in the published `fithubert` upstream), and the
+same tensors without pickle in `{safetensors}`, which this upstream reads instead of the `.ckpt`
+when it sits next to it (with the `safetensors` package installed; `-k {safetensors}` works too).
 
 ## Register it in an S3PRL checkout
 
@@ -379,6 +387,7 @@ def write_s3prl_upstream(out: Path, config: Any, ckpt_path: Path, yaml_path: Pat
              "the embedding (the projected CNN features plus the positional conv, then LayerNorm)")
     (folder / "README.md").write_text(_README.format(
         name=name, version=fhb.__version__, ckpt=ckpt_path.name, yaml=yaml_path.name,
+        safetensors=ckpt_path.with_suffix(".safetensors").name,
         abs_ckpt=ckpt_path.resolve(), abs_yaml=yaml_path.resolve(), num_states=d.encoder_layers + 1,
         dim=d.encoder_embed_dim, hidden_ms=1000 * stride * f // 16000, hidden_rate=stride * f, f=f,
         out_dim=d.pred_head_final_dim if d.layerwise_proj else d.encoder_embed_dim,
@@ -501,10 +510,31 @@ class ExportResult:
     source: Path
     step: int
     card: dict[str, Any]
+    safetensors: Path | None = None
 
 
-def _verify(ckpt: Path, yaml_path: Path, model: Any) -> None:
-    """Re-load the written checkpoint into fhb's student and compare every tensor bit for bit."""
+def write_safetensors(model: Any, config: Any, path: Path, step: int = 0) -> Path:
+    """Write the student's tensors (its state-dict keys, no prefix) as safetensors, no pickle.
+
+    Metadata: ``format: pt``, ``fhb_config`` (the yaml dict as JSON, as ``hyper_parameters['cfg']``
+    of the ``.ckpt``) and ``global_step``.
+    """
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {"format": "pt", "fhb_config": json.dumps(config.to_dict()), "global_step": str(int(step))}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _verify(ckpt: Path, yaml_path: Path, model: Any, safetensors_path: Path | None = None) -> None:
+    """Re-load the written checkpoint (and safetensors) into fhb's student and compare every tensor
+    bit for bit."""
     from fhb.student.checkpoint import load_student
 
     reloaded, _ = load_student(ckpt, yaml_path)
@@ -512,6 +542,13 @@ def _verify(ckpt: Path, yaml_path: Path, model: Any) -> None:
     assert list(ours) == list(theirs), "exported key order differs"
     bad = [k for k in ours if not torch.equal(ours[k].cpu(), theirs[k])]
     assert not bad, f"exported tensors differ: {bad[:5]}"
+    if safetensors_path is not None:
+        from safetensors.torch import load_file
+
+        plain = load_file(str(safetensors_path))
+        assert set(plain) == set(ours), "safetensors keys differ"  # safetensors orders keys itself
+        bad = [k for k in ours if not torch.equal(ours[k].cpu(), plain[k])]
+        assert not bad, f"safetensors tensors differ: {bad[:5]}"
 
 
 def export_s3prl(
@@ -557,7 +594,8 @@ def export_s3prl(
     try:
         ckpt, cfg = save_published_checkpoint(found.model, found.config, tmp / CKPT_NAME,
                                               yaml_path=tmp / YAML_NAME, global_step=found.step)
-        _verify(ckpt, cfg, found.model)
+        plain = write_safetensors(found.model, found.config, tmp / SAFETENSORS_NAME, found.step)
+        _verify(ckpt, cfg, found.model, plain)
         write_s3prl_upstream(tmp, found.config, out / CKPT_NAME, out / YAML_NAME, name)
         card = write_model_card(tmp / CARD_NAME, found, run_dir)
         if out.exists():
@@ -567,4 +605,4 @@ def export_s3prl(
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("exported %s (update %d) to %s", found.source, found.step, out)
     return ExportResult(out, out / CKPT_NAME, out / YAML_NAME, out / name, out / CARD_NAME, found.source,
-                        found.step, card)
+                        found.step, card, out / SAFETENSORS_NAME)

@@ -23,10 +23,11 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fhb.errors import FhbError
 
-__all__ = ["ImportResult", "import_checkpoint"]
+__all__ = ["ImportResult", "import_checkpoint", "write_imported_run"]
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +74,8 @@ def import_checkpoint(ckpt: Path, out: Path, config: Path | None = None, *, over
         FhbError: unreadable or foreign checkpoints, configs that do not match the weights, or a
             non-empty ``out`` without ``overwrite``.
     """
-    import yaml
-
     from fhb.stages import run_state
-    from fhb.student.checkpoint import load_student_checkpoint, save_student
+    from fhb.student.checkpoint import load_student_checkpoint
 
     ckpt, out = Path(ckpt), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
@@ -89,21 +88,47 @@ def import_checkpoint(ckpt: Path, out: Path, config: Path | None = None, *, over
     sha = _sha256(ckpt)
     record = {"source": str(ckpt.resolve()), "sha256": sha, "kind": loaded.kind, "global_step": loaded.step,
               "epoch": loaded.epoch, "config": str(Path(config).resolve()) if config else None}
+    write_imported_run(out, loaded.model, loaded.config, record, epoch=loaded.epoch, step=loaded.step)
+    n = len(loaded.model.state_dict())
+    log.info("imported %s (%s, update %d, %d tensors) into %s", ckpt, loaded.kind, loaded.step, n, out)
+    return ImportResult(out, out / run_state.STUDENT, loaded.kind, loaded.step, sha, n)
+
+
+def write_imported_run(
+    out: Path, model: Any, config: Any, record: dict[str, Any], *, epoch: int = 0, step: int = 0
+) -> Path:
+    """Write the run layout (module docstring) for an imported student, atomically.
+
+    Args:
+        out: the run directory; replaced if it exists (the caller checked ``--overwrite``).
+        model: the student (``FitHuBERT``), saved as read.
+        config: its ``FitConfig``.
+        record: the ``fhb_import`` section (``source``, ``sha256``, ``kind``, ...), also the
+            ``import`` record of ``metrics.jsonl``.
+        epoch: epochs completed.
+        step: optimizer updates.
+
+    Returns:
+        ``out``.
+    """
+    import yaml
+
+    from fhb.stages import run_state
+    from fhb.student.checkpoint import save_student
+
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        resolved = {**loaded.config.to_dict(), "fhb_import": record}
+        resolved = {**config.to_dict(), "fhb_import": record}
         (tmp / run_state.CONFIG).write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
-        save_student(loaded.model, loaded.config, tmp / run_state.STUDENT, epoch=loaded.epoch, step=loaded.step,
-                     teacher=None, extra={"imported_from": record["source"], "source_sha256": sha})
-        run_state.append_metrics(tmp, {"kind": "import", "step": loaded.step, **record})
+        save_student(model, config, tmp / run_state.STUDENT, epoch=epoch, step=step, teacher=None,
+                     extra={"imported_from": record["source"], "source_sha256": record["sha256"]})
+        run_state.append_metrics(tmp, {"kind": "import", "step": step, **record})
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    n = len(loaded.model.state_dict())
-    log.info("imported %s (%s, update %d, %d tensors) into %s", ckpt, loaded.kind, loaded.step, n, out)
-    return ImportResult(out, out / run_state.STUDENT, loaded.kind, loaded.step, sha, n)
+    return out

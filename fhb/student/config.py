@@ -28,8 +28,6 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from fhb.errors import FhbError
 from fhb.nn.frames import ConvSpec, parse_conv_layers
 from fhb.nn.transformer import activation
@@ -477,6 +475,8 @@ class FitConfig:
 
     def to_yaml(self) -> str:
         """:meth:`to_dict` as yaml text, sections and keys in the published order."""
+        import yaml  # lazily: the transformers export bundles this module for torch + stdlib only
+
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False, width=1000)
 
 
@@ -569,6 +569,8 @@ def load_fithubert_yaml(path: str | Path) -> FitConfig:
 
 
 def _parse(text: str, source: str) -> FitConfig:
+    import yaml
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

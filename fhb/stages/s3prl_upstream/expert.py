@@ -1,7 +1,12 @@
 """S3PRL ``UpstreamExpert`` for a FitHuBERT student exported by fhb.
 
-Dependencies: torch and pyyaml only. The model code lives in ``_fhb/``: fhb's own student
-modules, bundled at export time (see ``_fhb/BUNDLE.json`` for their fhb version and sha256).
+Dependencies: torch and pyyaml only (safetensors when installed). The model code lives in
+``_fhb/``: fhb's own student modules, bundled at export time (see ``_fhb/BUNDLE.json`` for their
+fhb version and sha256).
+
+Weights: ``-k fithubert.safetensors``, or ``-k fithubert.ckpt``, in which case a
+``fithubert.safetensors`` next to it is read instead (same tensors, no pickle) when the
+``safetensors`` package is installed.
 
 What ``forward`` returns for ``L`` waveform samples (``T' = conv frames``, 20 ms at 16 kHz;
 ``f`` = the time-reduction factor, 2 for FitHuBERT, 1 without the reduction layer;
@@ -30,6 +35,9 @@ published model.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,8 +57,29 @@ TEACHER_PREFIX = "teacher_model."
 SAMPLE_RATE = 16000
 
 
+def _read_safetensors(path: str) -> Mapping[str, Any]:
+    """The tensors of an fhb ``.safetensors`` export and the config in its metadata (if any).
+
+    safetensors is optional for this upstream, hence imported by name.
+    """
+    safetensors = importlib.import_module("safetensors")
+    with safetensors.safe_open(path, framework="pt") as f:
+        metadata = f.metadata() or {}
+    stored = metadata.get("fhb_config")
+    tensors = importlib.import_module("safetensors.torch").load_file(path)
+    return {"model": tensors, "config": json.loads(stored) if stored else None}
+
+
 def _read_checkpoint(ckpt: str) -> Mapping[str, Any]:
-    """``torch.load`` of the checkpoint, tensors and plain containers only."""
+    """The student's weights and stored config: safetensors when available (``ckpt`` itself, or
+    the ``.safetensors`` next to it), else ``torch.load`` (tensors and plain containers only)."""
+    if ckpt.endswith(".safetensors"):
+        if importlib.util.find_spec("safetensors") is None:
+            raise RuntimeError(f"{ckpt}: reading it needs the safetensors package: pip install safetensors")
+        return _read_safetensors(ckpt)
+    sibling = os.path.splitext(ckpt)[0] + ".safetensors"
+    if os.path.isfile(sibling) and importlib.util.find_spec("safetensors") is not None:
+        return _read_safetensors(sibling)
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - re-raised with the fix
@@ -95,7 +124,8 @@ class UpstreamExpert(nn.Module):
     """A FitHuBERT student as an S3PRL upstream (see the module docstring for the outputs).
 
     Args:
-        ckpt: ``fithubert.ckpt`` (Lightning layout, ``student_model.<key>``, all heads).
+        ckpt: ``fithubert.ckpt`` (Lightning layout, ``student_model.<key>``, all heads; a
+            ``fithubert.safetensors`` next to it is preferred) or ``fithubert.safetensors``.
         model_config: ``fithubert.yaml`` (its ``distiller:`` section builds the model); None
             reads ``hyper_parameters['cfg']`` from ``ckpt``.
     """
