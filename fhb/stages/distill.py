@@ -8,7 +8,7 @@ sections; arguments given explicitly override it), checks the lake can serve the
 stored layers cover `required_teacher_layers`, its teacher dimension equals
 ``pred_head_final_dim``), then trains:
 
-- AdamW with the published grouping and ``warmup_linear`` schedule (see `fhb.pipeline.optim`:
+- AdamW with the published grouping and ``warmup_linear`` schedule (see `fhb.training.optim`:
   weight decay 0.01 on every non-bias parameter by default, as the published code really does);
 - gradient accumulation (``train.accumulate_grad_batches``; each micro-batch loss divided by the
   count, as Lightning does; an epoch's leftover micro-batches make one last, smaller update);
@@ -18,7 +18,7 @@ stored layers cover `required_teacher_layers`, its teacher dimension equals
 - DDP when launched by ``torchrun`` (gloo on CPU, nccl on CUDA): each rank reads its own part of
   each epoch (the loader's ``rank/world_size``); only rank 0 writes checkpoints, metrics and the
   student, and only rank 0 evaluates (on the whole dev split); logged train losses are rank 0's;
-- a checkpoint every ``save_every`` updates (see `fhb.stages.run_state`: atomic, with every RNG
+- a checkpoint every ``save_every`` updates (see `fhb.training.run_state`: atomic, with every RNG
   state and the loader's mid-epoch position), so ``resume=True`` continues where the newest
   complete checkpoint left off and ends with the same parameters as an uninterrupted run;
 - dev evaluation every ``eval_every`` updates: per-layer losses and the published validation loss
@@ -55,9 +55,9 @@ import yaml
 
 from fhb.errors import FhbError
 from fhb.student.checkpoint import save_student
-from fhb.pipeline.distributed import DistInfo, all_reduce_min, barrier, cleanup_distributed, init_distributed
-from fhb.pipeline.optim import OptimConfig, build_optimizer
-from fhb.stages import run_state
+from fhb.training.distributed import DistInfo, all_reduce_min, barrier, cleanup_distributed, init_distributed
+from fhb.training.optim import OptimConfig, build_optimizer
+from fhb.training import run_state
 from fhb.stages.train_loop import (
     PRECISIONS,
     LossValues,
@@ -294,7 +294,7 @@ def _check_teacher(teacher: Any, fit: Any, needed: list[int]) -> None:
 
 def _make_loader(splits: Sequence[str], layers: list[int], s: DistillSettings, dist: DistInfo,
                  *, cnn: bool, shuffle: bool, train: bool) -> Any:
-    from fhb.storage.loader import LakeLoader
+    from fhb.training.loader import LakeLoader
 
     return LakeLoader(
         s.cache, list(splits), layers,
@@ -532,7 +532,7 @@ def run_distill(
             is always saved and evaluated).
         keep_checkpoints: keep only the newest N checkpoints (None: all).
         clip_grad_norm: max gradient norm (None: no clipping, as published).
-        weight_decay: non-bias weight decay (None: the published 0.01; see `fhb.pipeline.optim`).
+        weight_decay: non-bias weight decay (None: the published 0.01; see `fhb.training.optim`).
         lr: learning-rate override.
         progress: show a rich progress bar (rank 0).
         stop_after: stop (without the final save) after this many updates: for tests that

@@ -61,7 +61,7 @@ def evaluate_run(
             match the student (dimension, layers).
     """
     from fhb.stages.export import load_run_student
-    from fhb.storage.loader import LakeLoader
+    from fhb.training.loader import LakeLoader
     from fhb.storage.reader import open_lake
     from fhb.student.loss import DistillLoss
 

@@ -109,7 +109,7 @@ def resolve_run_checkpoint(run: Path, step: int | None = None, checkpoint: Path 
     Raises:
         FhbError: both ``step`` and ``checkpoint``, or nothing found.
     """
-    from fhb.stages import run_state
+    from fhb.training import run_state
 
     run = Path(run)
     if step is not None and checkpoint is not None:
@@ -153,7 +153,7 @@ def _build(config: Any) -> Any:
 
 def _from_distill_state(path: Path) -> RunStudent:
     """A ``checkpoints/step-XXXXXXXX.pt`` of ``fhb distill`` (the run's own training state)."""
-    from fhb.stages import run_state
+    from fhb.training import run_state
     from fhb.student.config import FitConfig
 
     try:
@@ -394,7 +394,7 @@ def _run_facts(run: Path | None) -> dict[str, Any]:
     """What the run recorded: its config.yaml sections, train/eval records of metrics.jsonl."""
     import yaml
 
-    from fhb.stages import run_state
+    from fhb.training import run_state
 
     facts: dict[str, Any] = {"config": {}, "train": [], "eval": []}
     if run is None or not run.is_dir():

@@ -75,7 +75,7 @@ def import_checkpoint(ckpt: Path, out: Path, config: Path | None = None, *, over
     """
     import yaml
 
-    from fhb.stages import run_state
+    from fhb.training import run_state
     from fhb.student.checkpoint import load_student_checkpoint, save_student
 
     ckpt, out = Path(ckpt), Path(out)

@@ -221,7 +221,7 @@ def test_cached_and_online_targets_agree_at_step_0(lake: Path, tiny_teacher_path
     """The same batches: lake targets (float16) == the teacher run on the lake's audio, and the
     first update's loss matches."""
     from fhb.stages.train_loop import online_targets
-    from fhb.storage.loader import LakeLoader
+    from fhb.training.loader import LakeLoader
     from fhb.pipeline.teacher import load_teacher
 
     cached = next(iter(LakeLoader(lake, [TRAIN], [1, 2, 3], batch_size=3, seed=0, workers=0)))
@@ -265,7 +265,7 @@ def test_refuses_non_empty_run_dir_without_resume(lake: Path, tmp_path: Path) ->
 
 def test_published_optimizer_grouping_and_schedule() -> None:
     """Weight decay 0.01 on every non-bias tensor (norm weights too), 0 on biases; warmup_linear."""
-    from fhb.pipeline.optim import OptimConfig, build_optimizer, warmup_linear
+    from fhb.training.optim import OptimConfig, build_optimizer, warmup_linear
     from fhb.student.config import load_fithubert_yaml
     from fhb.student.model import build_student
 

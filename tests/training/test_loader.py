@@ -12,8 +12,8 @@ import torch
 from fhb.errors import FhbError
 from fhb.nn.frames import conv_output_length
 from fhb.storage import LakeMeta, ShardWriter, TargetCodec, TeacherMeta, create_lake, open_lake, update_split_listing
-from fhb.storage.epoch import PlanEntry, plan_epoch
-from fhb.storage.loader import Batch, LakeLoader
+from fhb.training.epoch import PlanEntry, plan_epoch
+from fhb.training.loader import Batch, LakeLoader
 
 LAYERS = (1, 2, 3)
 DIM = 16
@@ -164,7 +164,7 @@ def test_resume_mid_epoch_yields_the_rest(lake: Path) -> None:
 
 
 def test_resume_does_not_decode_done_batches(lake: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from fhb.storage import loader as mod
+    from fhb.training import loader as mod
 
     loader = LakeLoader(lake, ["train"], [1], batch_size=3, workers=0, window_blocks=2)
     n = len(loader)
