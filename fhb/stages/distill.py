@@ -54,6 +54,7 @@ import torch
 import yaml
 
 from fhb.errors import FhbError
+from fhb.pipeline.files import atomic_write_text
 from fhb.student.checkpoint import save_student
 from fhb.training.distributed import DistInfo, all_reduce_min, barrier, cleanup_distributed, init_distributed
 from fhb.training.optim import OptimConfig, build_optimizer
@@ -579,7 +580,7 @@ def _prepare_run_dir(s: DistillSettings, fit: Any, dist: DistInfo, resume: bool)
         run_dir.mkdir(parents=True, exist_ok=True)
         resolved = {**fit.to_dict(), "fhb_distill": dataclasses.asdict(s)}
         resolved["fhb_distill"]["splits"] = list(s.splits)
-        run_state.atomic_write_bytes(run_dir / run_state.CONFIG, yaml.safe_dump(resolved, sort_keys=False).encode())
+        atomic_write_text(run_dir / run_state.CONFIG, yaml.safe_dump(resolved, sort_keys=False))
     barrier(dist)
 
 

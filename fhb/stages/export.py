@@ -34,7 +34,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import re
 import shutil
 import sys
@@ -542,6 +541,7 @@ def export_s3prl(
         FhbError: no such run/checkpoint, a student in the inference layout (the published
             format needs every head), or a non-empty ``out`` without ``overwrite``.
     """
+    from fhb.pipeline.files import build_beside
     from fhb.student.checkpoint import save_published_checkpoint
 
     out = Path(out)
@@ -550,21 +550,12 @@ def export_s3prl(
                        "choose another --out")
     run_dir = Path(run) if run is not None else None
     found = load_run_student(run_dir, step, checkpoint, yaml_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with build_beside(out) as tmp:
         ckpt, cfg = save_published_checkpoint(found.model, found.config, tmp / CKPT_NAME,
                                               yaml_path=tmp / YAML_NAME, global_step=found.step)
         _verify(ckpt, cfg, found.model)
         write_s3prl_upstream(tmp, found.config, out / CKPT_NAME, out / YAML_NAME, name)
         card = write_model_card(tmp / CARD_NAME, found, run_dir)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("exported %s (update %d) to %s", found.source, found.step, out)
     return ExportResult(out, out / CKPT_NAME, out / YAML_NAME, out / name, out / CARD_NAME, found.source,
                         found.step, card)

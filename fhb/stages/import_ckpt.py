@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +73,7 @@ def import_checkpoint(ckpt: Path, out: Path, config: Path | None = None, *, over
     """
     import yaml
 
+    from fhb.pipeline.files import atomic_write_text, build_beside
     from fhb.training import run_state
     from fhb.student.checkpoint import load_student_checkpoint, save_student
 
@@ -89,21 +88,12 @@ def import_checkpoint(ckpt: Path, out: Path, config: Path | None = None, *, over
     sha = _sha256(ckpt)
     record = {"source": str(ckpt.resolve()), "sha256": sha, "kind": loaded.kind, "global_step": loaded.step,
               "epoch": loaded.epoch, "config": str(Path(config).resolve()) if config else None}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with build_beside(out) as tmp:
         resolved = {**loaded.config.to_dict(), "fhb_import": record}
-        (tmp / run_state.CONFIG).write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
+        atomic_write_text(tmp / run_state.CONFIG, yaml.safe_dump(resolved, sort_keys=False))
         save_student(loaded.model, loaded.config, tmp / run_state.STUDENT, epoch=loaded.epoch, step=loaded.step,
                      teacher=None, extra={"imported_from": record["source"], "source_sha256": sha})
         run_state.append_metrics(tmp, {"kind": "import", "step": loaded.step, **record})
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     n = len(loaded.model.state_dict())
     log.info("imported %s (%s, update %d, %d tensors) into %s", ckpt, loaded.kind, loaded.step, n, out)
     return ImportResult(out, out / run_state.STUDENT, loaded.kind, loaded.step, sha, n)

@@ -41,6 +41,7 @@ import torch
 import fhb
 from fhb.errors import FhbError
 from fhb.pipeline.checkpoint_io import InertStub, RefusedGlobalError, plain_config, restricted_pickle
+from fhb.pipeline.files import atomic_torch_save, atomic_write_text
 from fhb.student.config import FitConfig, load_fithubert_yaml
 from fhb.student.model import FitHuBERT, build_fit_student
 
@@ -272,17 +273,6 @@ def load_student(
 # ---------------------------------------------------------------------------------- writing
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary name, then rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _cpu_state(model: FitHuBERT) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
@@ -318,7 +308,7 @@ def save_student(
         ``path``.
     """
     path = Path(path)
-    _atomic_save(
+    atomic_torch_save(
         {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -377,7 +367,7 @@ def save_published_checkpoint(
     path = Path(path)
     yaml_out = Path(yaml_path) if yaml_path is not None else path.with_suffix(".yaml")
     cfg = config.to_dict()
-    _atomic_save(
+    atomic_torch_save(
         {
             "epoch": int(epoch),
             "global_step": int(global_step),
@@ -388,7 +378,5 @@ def save_published_checkpoint(
         },
         path,
     )
-    tmp = yaml_out.with_name(f".{yaml_out.name}.tmp-{os.getpid()}")
-    tmp.write_text(config.to_yaml(), encoding="utf-8")
-    os.replace(tmp, yaml_out)
+    atomic_write_text(yaml_out, config.to_yaml())
     return path, yaml_out

@@ -8,22 +8,20 @@ Run directory layout::
     RUN/latest                           text: the name of the newest complete checkpoint
     RUN/student.pt                       the trained student (fhb student format), at the end
 
-Every file is written to a temporary name in the same directory, fsync'ed, then moved into
-place with `os.replace`, and the directory is fsync'ed: a crash leaves either the old file or
-the new one, never a torn one. ``latest`` is written the same way, after its checkpoint.
+Every file is written with `fhb.pipeline.files.atomic_write_bytes` (temporary name, fsync,
+`os.replace`, directory fsync): a crash leaves either the old file or the new one, never a torn one.
+``latest`` is written the same way, after its checkpoint.
 Resuming loads the checkpoint ``latest`` names; if that one does not load (damaged disk, a copy
 in progress) it falls back to the newest older one that does, and logs which.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 import random
 import re
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ import numpy as np
 import torch
 
 from fhb.errors import FhbError
+from fhb.pipeline.files import atomic_torch_save, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -47,42 +46,6 @@ _STEP_RE = re.compile(r"^step-(\d{8})\.pt$")
 def checkpoint_name(step: int) -> str:
     """File name of the checkpoint at update ``step``: ``step-00000100.pt``."""
     return f"step-{step:08d}.pt"
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (tmp file + fsync + os.replace + dir fsync)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """`torch.save` to ``path`` atomically."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def rng_state(loss_generator: torch.Generator | None = None) -> dict[str, Any]:
