@@ -60,7 +60,7 @@ def evaluate_run(
         FhbError: no student, a student in the inference layout, or a lake whose teacher does not
             match the student (dimension, layers).
     """
-    from fhb.stages.export import load_run_student
+    from fhb.training.runs import load_run_student
     from fhb.training.loader import LakeLoader
     from fhb.storage.reader import open_lake
     from fhb.student.loss import DistillLoss

@@ -49,6 +49,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "StudentCheckpoint",
+    "build_for_weights",
     "load_student",
     "load_student_checkpoint",
     "save_published_checkpoint",
@@ -169,8 +170,8 @@ def _lightning_state(path: Path, ckpt: Mapping[str, Any]) -> dict[str, torch.Ten
     return student
 
 
-def _build(config: FitConfig) -> FitHuBERT:
-    """The config's student with teacher initialisation off: the weights come from the file
+def build_for_weights(config: FitConfig) -> FitHuBERT:
+    """The config's student with teacher initialisation off: the weights come from a file
     (the published S3PRL upstream forces the same)."""
     distiller = dataclasses.replace(config.distiller, init_conv_layers=False, init_encoder_layers=0)
     return build_fit_student(dataclasses.replace(config, distiller=distiller))
@@ -221,7 +222,7 @@ def load_student_checkpoint(
                            "use the fhb version that wrote it, or upgrade fhb")
         config = _config(path, yaml_path, ckpt.get("config"), "'config'")
         state = _tensor_dict(path, "model", ckpt.get("model"))
-        model = _build(config)
+        model = build_for_weights(config)
         _load_weights(path, model, state)
         return StudentCheckpoint(
             model, config, "fhb", epoch=int(ckpt.get("epoch", 0)), step=int(ckpt.get("step", 0)),
@@ -232,7 +233,7 @@ def load_student_checkpoint(
         hparams = _plain(ckpt.get("hyper_parameters"))
         stored = hparams.get("cfg") if isinstance(hparams, Mapping) else None
         config = _config(path, yaml_path, stored, "hyper_parameters['cfg']")
-        model = _build(config)
+        model = build_for_weights(config)
         _load_weights(path, model, _lightning_state(path, ckpt))
         optimizers = ckpt.get("optimizer_states")
         return StudentCheckpoint(
@@ -248,7 +249,7 @@ def load_student_checkpoint(
         state = dict(ckpt)
         if all(k.startswith(STUDENT_PREFIX) for k in state):
             state = {k[len(STUDENT_PREFIX):]: v for k, v in state.items()}
-        model = _build(config)
+        model = build_for_weights(config)
         _load_weights(path, model, state)
         return StudentCheckpoint(model, config, "state_dict")
     raise FhbError(

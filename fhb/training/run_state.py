@@ -48,6 +48,12 @@ def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}.pt"
 
 
+def checkpoint_step(name: str) -> int | None:
+    """The update of a checkpoint file name (``step-00000100.pt`` -> 100); None for any other name."""
+    m = _STEP_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
 def rng_state(loss_generator: torch.Generator | None = None) -> dict[str, Any]:
     """Every RNG the training step draws from: python, numpy, torch (CPU, CUDA), the loss's."""
     state: dict[str, Any] = {
@@ -92,12 +98,18 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     d = run_dir / CHECKPOINT_DIR
     if not d.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _STEP_RE.match(p.name))]
+    found = [(step, p) for p in d.iterdir() if (step := checkpoint_step(p.name)) is not None]
     return [p for _, p in sorted(found)]
 
 
-def _load(path: Path) -> dict[str, Any]:
-    # Our own files, but they hold numpy RNG state and python tuples: not weights-only loadable.
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """One checkpoint file's state, validated (format, version, keys).
+
+    Our own files, but they hold numpy RNG state and python tuples: not weights-only loadable.
+
+    Raises:
+        ValueError: not a checkpoint of this format/version (torch's own errors pass through).
+    """
     state = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"not an {FORMAT} file")
@@ -128,7 +140,7 @@ def load_latest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     failures = []
     for i, path in enumerate(candidates):
         try:
-            state = _load(path)
+            state = read_checkpoint(path)
         except Exception as e:  # noqa: BLE001 - any failure to load means "torn or foreign": fall back
             failures.append(f"{path.name}: {type(e).__name__}: {e}")
             logger.warning("checkpoint %s does not load (%s); falling back to an older one", path, e)
