@@ -220,7 +220,7 @@ def test_ddp_two_ranks_cover_epoch_disjointly(lake: Path, tmp_path: Path) -> Non
 def test_cached_and_online_targets_agree_at_step_0(lake: Path, tiny_teacher_path: Path, tmp_path: Path) -> None:
     """The same batches: lake targets (float16) == the teacher run on the lake's audio, and the
     first update's loss matches."""
-    from fhb.stages.train_loop import online_targets
+    from fhb.training.evaluation import online_targets
     from fhb.training.loader import LakeLoader
     from fhb.pipeline.teacher import load_teacher
 
