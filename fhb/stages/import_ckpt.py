@@ -17,7 +17,6 @@ temporary sibling folder and renamed into place when complete.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,14 +49,6 @@ class ImportResult:
     num_tensors: int
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def import_checkpoint(ckpt: Path, out: Path, config: Path | None = None, *, overwrite: bool = False) -> ImportResult:
     """Turn a student checkpoint into an fhb run directory (see the module docstring).
 
@@ -73,6 +64,7 @@ def import_checkpoint(ckpt: Path, out: Path, config: Path | None = None, *, over
     """
     import yaml
 
+    from fhb.pipeline.checkpoint_io import sha256_file
     from fhb.pipeline.files import atomic_write_text, build_beside
     from fhb.training import run_state
     from fhb.student.checkpoint import load_student_checkpoint, save_student
@@ -85,7 +77,7 @@ def import_checkpoint(ckpt: Path, out: Path, config: Path | None = None, *, over
     if loaded.model.is_inference:
         raise FhbError(f"{ckpt}: holds the inference layout (no intermediate heads); expected a training "
                        "checkpoint (the published .ckpt has all heads); import that one")
-    sha = _sha256(ckpt)
+    sha = sha256_file(ckpt)
     record = {"source": str(ckpt.resolve()), "sha256": sha, "kind": loaded.kind, "global_step": loaded.step,
               "epoch": loaded.epoch, "config": str(Path(config).resolve()) if config else None}
     with build_beside(out) as tmp:
