@@ -77,9 +77,11 @@ def main() -> None:
     mean_s = args.seconds or (2.5 if args.quick else 5.0)
     n_utts -= n_utts % BATCH
     from fhb.pipeline.teacher import load_teacher, save_random_checkpoint
-    from fhb.stages.distill import build_model_and_loss, compute_loss, run_distill
-    from fhb.pipeline.optim import OptimConfig, build_optimizer
+    from fhb.stages.distill import run_distill
     from fhb.student.config import load_fithubert_yaml
+    from fhb.training.evaluation import compute_loss
+    from fhb.training.optim import OptimConfig, build_optimizer
+    from fhb.training.trainer import build_model_and_loss
 
     lengths = librispeech_like_lengths(n_utts * mean_s, low=0.8 * mean_s, high=1.2 * mean_s, mean=mean_s)[:n_utts]
     wavs = generated_audio(lengths)
@@ -113,7 +115,7 @@ def main() -> None:
         layers = list(range(1, teacher.num_layers + 1))
         # The batches the cached run will train on (same loader plan: seed 0, epoch 0), read
         # into RAM beforehand, so (b) and (c) differ only in where the targets come from.
-        from fhb.storage.loader import LakeLoader
+        from fhb.training.loader import LakeLoader
 
         with LakeLoader(tmp / "lake", [SPLIT], layers, batch_size=BATCH, seed=0, workers=0) as loader:
             loader.set_epoch(0)

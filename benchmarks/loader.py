@@ -41,9 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import emit, librispeech_like_lengths, machine, record  # noqa: E402
 from fhb.nn.frames import conv_output_length  # noqa: E402
 from fhb.storage import LakeMeta, ShardWriter, SplitInfo, TeacherMeta, create_lake, open_lake, update_split_listing  # noqa: E402
-from fhb.storage.epoch import DEFAULT_BLOCK_CHUNKS  # noqa: E402
+from fhb.training.epoch import DEFAULT_BLOCK_CHUNKS  # noqa: E402
 from fhb.storage.schema import layer_array_name  # noqa: E402
-from fhb.storage.loader import LakeLoader  # noqa: E402
+from fhb.training.loader import LakeLoader  # noqa: E402
 
 LAYERS = tuple(range(1, 13))
 DIM = 768

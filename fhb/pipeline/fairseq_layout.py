@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import types
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 
 from fhb.nn.wav2vec2 import BackboneConfig, build_backbone
+from fhb.pipeline.files import atomic_torch_save
 
 _TINY_CONV = ((32, 10, 5),) + ((32, 3, 2),) * 4 + ((32, 2, 2),) * 2
 
@@ -205,8 +205,6 @@ def save_random_checkpoint(
         ckpt["cfg"] = {"_name": None, "common": {"_name": None, "seed": seed, "fp16": False, "tpu": False},
                        "model": model_cfg, "task": task_cfg, "criterion": {"_name": f"{model_name}"}}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with _fairseq_dictionary_class() as dictionary_cls:
         if model_name == "hubert":
             dictionary = dictionary_cls()
@@ -214,6 +212,5 @@ def save_random_checkpoint(
             ckpt["task_state"] = {"dictionaries": [dictionary]}
         else:
             ckpt["task_state"] = {}
-        torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+        atomic_torch_save(ckpt, path)
     return path

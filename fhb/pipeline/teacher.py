@@ -31,6 +31,7 @@ from fhb.pipeline.checkpoint_io import (
     sha256_file,
 )
 from fhb.pipeline.fairseq_layout import ARCHS, save_random_checkpoint
+from fhb.pipeline.precision import autocast_context
 
 __all__ = ["ARCHS", "Teacher", "TeacherSpec", "load_teacher", "read_teacher_spec", "save_random_checkpoint"]
 
@@ -116,10 +117,8 @@ class Teacher(_ArchSizes):
         return out
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.device.type == "cuda" and self.precision in ("fp16", "bf16"):
-            dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
-            return torch.autocast("cuda", dtype=dtype)
-        return contextlib.nullcontext()
+        """The precision's autocast on CUDA; fp32 on any other device."""
+        return autocast_context(self.device, self.precision if self.device.type == "cuda" else "fp32")
 
     def _batches(self, lengths: Sequence[int]) -> Iterator[list[int]]:
         """Indices grouped by similar length, each group under ``max_batch_samples`` padded."""

@@ -2,24 +2,29 @@
 
 The student (training layout: it needs every prediction head) runs in eval mode over the split
 in lake order; each teacher layer's loss is :class:`fhb.student.loss.DistillLoss`'s unweighted
-per-layer loss, averaged over batches exactly as ``fhb distill``'s dev evaluation averages them,
-so the numbers compare with ``metrics.jsonl``'s ``eval`` records. With random layers
-(``distil_random_layer > 0``) every intermediate head is scored (head ``l`` against teacher layer
-``l + 1``), not only the ones a draw would pick; ``dev_loss`` is the last layer's (the published
-``v_loss``).
+per-layer loss, averaged over batches by `fhb.training.evaluation.evaluate_split`, the function
+``fhb distill``'s dev evaluation calls, so the numbers compare with ``metrics.jsonl``'s ``eval``
+records. With random layers (``distil_random_layer > 0``) every intermediate head is scored (head
+``l`` against teacher layer ``l + 1``), not only the ones a draw would pick; ``dev_loss`` is the
+last layer's (the published ``v_loss``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fhb.errors import FhbError
+from fhb.storage.reader import open_lake
+from fhb.student.loss import DistillLoss
+from fhb.training.checks import check_teacher_dim
+from fhb.training.evaluation import evaluate_split
+from fhb.training.loader import LakeLoader
+from fhb.training.runs import load_run_student
 
 __all__ = ["evaluate_run", "print_evaluation"]
 
@@ -60,21 +65,14 @@ def evaluate_run(
         FhbError: no student, a student in the inference layout, or a lake whose teacher does not
             match the student (dimension, layers).
     """
-    from fhb.stages.export import load_run_student
-    from fhb.storage.loader import LakeLoader
-    from fhb.storage.reader import open_lake
-    from fhb.student.loss import DistillLoss
-
     found = load_run_student(run, step, checkpoint)
     model, fit = found.model, found.config
     if model.is_inference:
         raise FhbError(f"{found.source}: the student is in the inference layout (no per-layer heads); expected "
                        "a training checkpoint to score per layer")
     meta = open_lake(cache).meta
-    if meta.teacher.dim != fit.distiller.pred_head_final_dim:
-        raise FhbError(f"lake {cache}: expected a teacher of dim {fit.distiller.pred_head_final_dim} "
-                       f"(distiller.pred_head_final_dim), found {meta.teacher.dim} ({meta.teacher.name}); use "
-                       "the lake the student was distilled from")
+    check_teacher_dim(fit.distiller, meta.teacher.dim, f"lake {cache}", meta.teacher.name,
+                      "use the lake the student was distilled from")
     loss_cfg = fit.loss
     if loss_cfg.distil_random_layer > 0:  # score every intermediate head, not a random draw
         loss_cfg = dataclasses.replace(loss_cfg, distil_random_layer=fit.distiller.encoder_layers - 1)
@@ -91,44 +89,26 @@ def evaluate_run(
                         cnn_features=use_cnn)
     dev = torch.device(device)
     model.to(dev)
-    sums: dict[int, float] = {}
-    total = 0.0
-    batches = utterances = 0
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        for batch in loader:
-            out = model(batch.wavs.to(dev), batch.wav_lengths.to(dev))
-            assert batch.targets is not None
-            targets = {k: batch.targets[:, i].to(dev, torch.float32) for i, k in enumerate(layers)}
-            cnn = batch.cnn.to(dev, torch.float32) if use_cnn and batch.cnn is not None else None
-            res = loss_fn(out, targets, batch.target_lengths.to(dev), cnn)
-            for k, v in res.per_layer.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            total += float(res.total)
-            batches += 1
-            utterances += len(batch.utt_ids)
-            if max_batches is not None and batches >= max_batches:
-                break
-    if batches == 0:
+    res = evaluate_split(model, loss_fn, loader, layers, device=dev, use_cnn=use_cnn, max_batches=max_batches)
+    if res.batches == 0:
         raise FhbError(f"lake {cache}: split {split!r} gave no batches; expected at least one utterance")
     weights = {pair.layer: pair.weight for pair in loss_fn.pairs()}
-    n = meta.teacher.num_layers
     result: dict[str, Any] = {
         "run": str(run) if run is not None else None,
         "checkpoint": str(found.source),
         "step": found.step,
         "lake": str(cache),
         "split": split,
-        "batches": batches,
-        "utterances": utterances,
-        "layer_losses": {f"layer_{k:02d}": v / batches for k, v in sorted(sums.items())},
+        "batches": res.batches,
+        "utterances": res.utterances,
+        "layer_losses": res.layers,
         "weights": {f"layer_{k:02d}": w for k, w in sorted(weights.items())},
-        "dev_loss": sums[n] / batches if n in sums else float("nan"),
-        "total": total / batches,
-        "seconds": time.perf_counter() - t0,
+        "dev_loss": res.last,
+        "total": res.total,
+        "seconds": res.seconds,
     }
     log.info("evaluated %s on %s/%s: last-layer loss %.6g over %d utterances", found.source, cache, split,
-             result["dev_loss"], utterances)
+             result["dev_loss"], res.utterances)
     if show:
         print_evaluation(result)
     return result

@@ -32,12 +32,10 @@ student and compared bit for bit, and only then is the folder renamed to ``OUT``
 from __future__ import annotations
 
 import ast
-import dataclasses
 import hashlib
 import importlib.util
 import json
 import logging
-import os
 import re
 import shutil
 import sys
@@ -48,6 +46,7 @@ from typing import Any
 import torch
 
 from fhb.errors import FhbError
+from fhb.training.runs import RunStudent, load_run_student
 
 __all__ = [
     "BUNDLE_ROOTS",
@@ -56,11 +55,8 @@ __all__ = [
     "UPSTREAM_NAME",
     "YAML_NAME",
     "ExportResult",
-    "RunStudent",
     "bundle_student_sources",
     "export_s3prl",
-    "load_run_student",
-    "resolve_run_checkpoint",
     "write_model_card",
     "write_safetensors",
     "write_s3prl_upstream",
@@ -78,124 +74,6 @@ BUNDLE_PACKAGE = "_fhb"
 BUNDLE_ROOTS: tuple[str, ...] = ("fhb.student.model", "fhb.student.config")
 """Modules whose fhb import closure is bundled into the upstream."""
 _ALLOWED_THIRD_PARTY = frozenset({"torch", "yaml"})
-_STEP_FILE = re.compile(r"^step-(\d{8})\.pt$")
-
-
-# ---------------------------------------------------------------------------------- the run
-
-
-@dataclass
-class RunStudent:
-    """A student read from a run (or any checkpoint), with where it came from.
-
-    Attributes:
-        model: the student (training layout when the file has it), in eval mode.
-        config: its config.
-        source: the file it was read from.
-        kind: ``"fhb"``, ``"lightning"``, ``"state_dict"`` or ``"distill-state"``.
-        step: optimizer updates of that checkpoint (0 when the file does not record it).
-        teacher: what the checkpoint recorded about its teacher (fhb format), else None.
-    """
-
-    model: Any
-    config: Any
-    source: Path
-    kind: str
-    step: int
-    teacher: Any = None
-
-
-def resolve_run_checkpoint(run: Path, step: int | None = None, checkpoint: Path | None = None) -> Path:
-    """The student checkpoint of ``run`` to use.
-
-    Order: ``checkpoint`` (absolute, or relative to the working directory, else to ``run``);
-    ``step`` (``RUN/checkpoints/step-XXXXXXXX.pt``); ``RUN/student.pt``; the checkpoint ``RUN/latest``
-    names.
-
-    Raises:
-        FhbError: both ``step`` and ``checkpoint``, or nothing found.
-    """
-    from fhb.stages import run_state
-
-    run = Path(run)
-    if step is not None and checkpoint is not None:
-        raise FhbError("export: expected at most one of --step and --checkpoint, found both; pass one")
-    if checkpoint is not None:
-        path = Path(checkpoint)
-        if not path.exists() and not path.is_absolute() and (run / path).exists():
-            path = run / path
-        if not path.is_file():
-            raise FhbError(f"--checkpoint {checkpoint}: expected a checkpoint file, found nothing; check the path")
-        return path
-    if not run.is_dir():
-        raise FhbError(f"run {run}: expected a run directory of `fhb distill` (or `fhb import-checkpoint`), "
-                       "found nothing; check the path")
-    if step is not None:
-        path = run / run_state.CHECKPOINT_DIR / run_state.checkpoint_name(step)
-        if not path.is_file():
-            have = [p.name for p in run_state.list_checkpoints(run)]
-            raise FhbError(f"run {run}: expected a checkpoint at update {step} ({path.name}), found only "
-                           f"{have[-5:] or 'none'}; pick one of those steps")
-        return path
-    final = run / run_state.STUDENT
-    if final.is_file():
-        return final
-    pointer = run / run_state.LATEST
-    if pointer.is_file():
-        path = run / pointer.read_text(encoding="utf-8").strip()
-        if path.is_file():
-            return path
-    raise FhbError(f"run {run}: expected {run_state.STUDENT} or a checkpoint named by {run_state.LATEST}, "
-                   "found neither; let `fhb distill` finish or save a checkpoint, or pass --checkpoint")
-
-
-def _build(config: Any) -> Any:
-    """The config's student with teacher initialisation off (the weights come from a file)."""
-    from fhb.student.model import build_fit_student
-
-    distiller = dataclasses.replace(config.distiller, init_conv_layers=False, init_encoder_layers=0)
-    return build_fit_student(dataclasses.replace(config, distiller=distiller))
-
-
-def _from_distill_state(path: Path) -> RunStudent:
-    """A ``checkpoints/step-XXXXXXXX.pt`` of ``fhb distill`` (the run's own training state)."""
-    from fhb.stages import run_state
-    from fhb.student.config import FitConfig
-
-    try:
-        state = run_state._load(path)  # the run's own file: validated by its owner
-    except (ValueError, RuntimeError, OSError, EOFError) as exc:
-        raise FhbError(f"{path}: expected an `fhb distill` checkpoint, it does not load ({exc}); pick another "
-                       "--step or the run's student.pt") from None
-    config = FitConfig.from_dict(state["config"], f"{path} config")
-    model = _build(config)
-    try:
-        model.load_state_dict(state["model"], strict=True)
-    except RuntimeError as exc:
-        raise FhbError(f"{path}: the weights do not match the stored config ({str(exc).splitlines()[0]})") from None
-    return RunStudent(model, config, path, "distill-state", int(state["step"]))
-
-
-def load_run_student(
-    run: Path | None, step: int | None = None, checkpoint: Path | None = None, yaml_path: Path | None = None
-) -> RunStudent:
-    """Read the student :func:`resolve_run_checkpoint` picks (any format fhb reads), in eval mode.
-
-    ``checkpoints/step-XXXXXXXX.pt`` files are ``fhb distill``'s training states; any other file
-    goes through :func:`fhb.student.checkpoint.load_student_checkpoint` (fhb student format,
-    published Lightning ``.ckpt``, bare state dict with ``yaml_path``).
-    """
-    from fhb.student.checkpoint import load_student_checkpoint
-
-    path = resolve_run_checkpoint(Path(run) if run is not None else Path("."), step, checkpoint)
-    if _STEP_FILE.match(path.name):
-        found = _from_distill_state(path)
-    else:
-        loaded = load_student_checkpoint(path, yaml_path)
-        found = RunStudent(loaded.model, loaded.config, path, loaded.kind, loaded.step, loaded.teacher)
-    found.model.eval()
-    log.info("student read from %s (%s, update %d)", path, found.kind, found.step)
-    return found
 
 
 # ---------------------------------------------------------------------------------- bundling
@@ -403,7 +281,7 @@ def _run_facts(run: Path | None) -> dict[str, Any]:
     """What the run recorded: its config.yaml sections, train/eval records of metrics.jsonl."""
     import yaml
 
-    from fhb.stages import run_state
+    from fhb.training import run_state
 
     facts: dict[str, Any] = {"config": {}, "train": [], "eval": []}
     if run is None or not run.is_dir():
@@ -519,16 +397,13 @@ def write_safetensors(model: Any, config: Any, path: Path, step: int = 0) -> Pat
     Metadata: ``format: pt``, ``fhb_config`` (the yaml dict as JSON, as ``hyper_parameters['cfg']``
     of the ``.ckpt``) and ``global_step``.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from fhb.pipeline.files import atomic_write_bytes
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": "pt", "fhb_config": json.dumps(config.to_dict()), "global_step": str(int(step))}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
     return path
 
 
@@ -579,6 +454,7 @@ def export_s3prl(
         FhbError: no such run/checkpoint, a student in the inference layout (the published
             format needs every head), or a non-empty ``out`` without ``overwrite``.
     """
+    from fhb.pipeline.files import build_beside
     from fhb.student.checkpoint import save_published_checkpoint
 
     out = Path(out)
@@ -587,22 +463,13 @@ def export_s3prl(
                        "choose another --out")
     run_dir = Path(run) if run is not None else None
     found = load_run_student(run_dir, step, checkpoint, yaml_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with build_beside(out) as tmp:
         ckpt, cfg = save_published_checkpoint(found.model, found.config, tmp / CKPT_NAME,
                                               yaml_path=tmp / YAML_NAME, global_step=found.step)
         plain = write_safetensors(found.model, found.config, tmp / SAFETENSORS_NAME, found.step)
         _verify(ckpt, cfg, found.model, plain)
         write_s3prl_upstream(tmp, found.config, out / CKPT_NAME, out / YAML_NAME, name)
         card = write_model_card(tmp / CARD_NAME, found, run_dir)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("exported %s (update %d) to %s", found.source, found.step, out)
     return ExportResult(out, out / CKPT_NAME, out / YAML_NAME, out / name, out / CARD_NAME, found.source,
                         found.step, card, out / SAFETENSORS_NAME)

@@ -39,7 +39,6 @@ import ast
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -51,14 +50,13 @@ import torch
 from fhb.errors import FhbError
 from fhb.stages.export import (
     BUNDLE_ROOTS,
-    RunStudent,
     _closure,
     _fhb_imports,
     _module_file,
     _third_party,
-    load_run_student,
     write_model_card,
 )
+from fhb.training.runs import RunStudent, load_run_student
 
 __all__ = [
     "FHB_META",
@@ -493,6 +491,7 @@ def export_hf(
         FhbError: no such run/checkpoint, or a non-empty ``out`` without ``overwrite``.
     """
     import fhb
+    from fhb.pipeline.files import build_beside
     from fhb.stages.hf_template import TEMPLATE_FILES, template_dir
 
     out = Path(out)
@@ -504,11 +503,7 @@ def export_hf(
     d = found.config.distiller
     reason = hubert_incompatibility(d)
     architecture = HUBERT if reason is None else REMOTE
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with build_beside(out) as tmp:
         weights, heads = split_state(found.model, architecture)
         _save_safetensors(weights, tmp / WEIGHTS_NAME)
         _save_safetensors(heads, tmp / HEADS_NAME)
@@ -529,10 +524,5 @@ def export_hf(
         })
         _verify(tmp, found.model)
         card = _write_card(tmp / CARD_NAME, found, run_dir, architecture, out)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("exported %s (update %d) to %s as %s", found.source, found.step, out, architecture)
     return HFExportResult(out, architecture, found.source, found.step, card)

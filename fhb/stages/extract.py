@@ -27,6 +27,7 @@ import torch
 from fhb.errors import FhbError
 from fhb.pipeline.audio import AudioError, load_audio_int16
 from fhb.pipeline.corpus import Manifest, scan_librispeech
+from fhb.pipeline.precision import check_precision, check_precision_name
 from fhb.pipeline.teacher import Teacher, TeacherSpec, load_teacher, read_teacher_spec
 from fhb.stages.shard_plan import ShardJob, plan_shards
 from fhb.storage import LakeMeta, LakeWriter, ShardWriter, SplitInfo, TeacherMeta
@@ -218,16 +219,14 @@ def _check_run_options(workers: int | None, threads: int | None, device: str, pr
         raise FhbError(f"--workers {workers}: expected 0 (run in-process) or more worker processes")
     if threads is not None and threads < 0:
         raise FhbError(f"--threads {threads}: expected a positive number of torch threads per worker")
-    if precision not in ("fp32", "fp16", "bf16"):
-        raise FhbError(f"--precision {precision!r}: expected fp32, or fp16/bf16 with --device cuda")
+    check_precision_name(precision)
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
         raise FhbError(f"--device {device!r}: expected cpu or cuda (or cuda:N)") from None
     if dev.type not in ("cpu", "cuda"):
         raise FhbError(f"--device {device!r}: expected cpu or cuda (or cuda:N)")
-    if precision != "fp32" and dev.type != "cuda":
-        raise FhbError(f"--precision {precision} needs --device cuda; on {dev.type} use fp32")
+    check_precision(precision, dev, bf16_on_cpu=False)  # the teacher autocasts on CUDA only
     if dev.type == "cuda" and scheduler is None:  # a remote cluster's workers may have GPUs this host lacks
         found = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if found <= (dev.index or 0):

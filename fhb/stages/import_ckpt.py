@@ -17,15 +17,16 @@ temporary sibling folder and renamed into place when complete.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fhb.errors import FhbError
+
+if TYPE_CHECKING:
+    from fhb.student.config import FitConfig
+    from fhb.student.model import FitHuBERT
 
 __all__ = ["ImportResult", "import_checkpoint", "write_imported_run"]
 
@@ -53,14 +54,6 @@ class ImportResult:
     num_tensors: int
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def import_checkpoint(ckpt: Path, out: Path, config: Path | None = None, *, overwrite: bool = False) -> ImportResult:
     """Turn a student checkpoint into an fhb run directory (see the module docstring).
 
@@ -74,8 +67,9 @@ def import_checkpoint(ckpt: Path, out: Path, config: Path | None = None, *, over
         FhbError: unreadable or foreign checkpoints, configs that do not match the weights, or a
             non-empty ``out`` without ``overwrite``.
     """
-    from fhb.stages import run_state
+    from fhb.pipeline.checkpoint_io import sha256_file
     from fhb.student.checkpoint import load_student_checkpoint
+    from fhb.training import run_state
 
     ckpt, out = Path(ckpt), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
@@ -85,7 +79,7 @@ def import_checkpoint(ckpt: Path, out: Path, config: Path | None = None, *, over
     if loaded.model.is_inference:
         raise FhbError(f"{ckpt}: holds the inference layout (no intermediate heads); expected a training "
                        "checkpoint (the published .ckpt has all heads); import that one")
-    sha = _sha256(ckpt)
+    sha = sha256_file(ckpt)
     record = {"source": str(ckpt.resolve()), "sha256": sha, "kind": loaded.kind, "global_step": loaded.step,
               "epoch": loaded.epoch, "config": str(Path(config).resolve()) if config else None}
     write_imported_run(out, loaded.model, loaded.config, record, epoch=loaded.epoch, step=loaded.step)
@@ -95,14 +89,15 @@ def import_checkpoint(ckpt: Path, out: Path, config: Path | None = None, *, over
 
 
 def write_imported_run(
-    out: Path, model: Any, config: Any, record: dict[str, Any], *, epoch: int = 0, step: int = 0
+    out: Path, model: FitHuBERT, config: FitConfig, record: dict[str, Any], *, epoch: int = 0, step: int = 0
 ) -> Path:
-    """Write the run layout (module docstring) for an imported student, atomically.
+    """Write the run layout (module docstring) for an imported student, built beside ``out`` and
+    swapped in (`fhb.pipeline.files.build_beside`).
 
     Args:
         out: the run directory; replaced if it exists (the caller checked ``--overwrite``).
-        model: the student (``FitHuBERT``), saved as read.
-        config: its ``FitConfig``.
+        model: the student, saved as read.
+        config: its config.
         record: the ``fhb_import`` section (``source``, ``sha256``, ``kind``, ...), also the
             ``import`` record of ``metrics.jsonl``.
         epoch: epochs completed.
@@ -113,22 +108,14 @@ def write_imported_run(
     """
     import yaml
 
-    from fhb.stages import run_state
+    from fhb.pipeline.files import atomic_write_text, build_beside
     from fhb.student.checkpoint import save_student
+    from fhb.training import run_state
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with build_beside(out) as tmp:
         resolved = {**config.to_dict(), "fhb_import": record}
-        (tmp / run_state.CONFIG).write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
+        atomic_write_text(tmp / run_state.CONFIG, yaml.safe_dump(resolved, sort_keys=False))
         save_student(model, config, tmp / run_state.STUDENT, epoch=epoch, step=step, teacher=None,
                      extra={"imported_from": record["source"], "source_sha256": record["sha256"]})
         run_state.append_metrics(tmp, {"kind": "import", "step": step, **record})
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -152,7 +152,7 @@ def import_hf(folder: Path, out: Path, *, overwrite: bool = False) -> HFImportRe
         FhbError: a folder fhb did not write, incomplete or altered tensors, a student in the
             inference layout, or a non-empty ``out`` without ``overwrite``.
     """
-    from fhb.stages import run_state
+    from fhb.training import run_state
     from fhb.stages.export_hf import WEIGHTS_NAME
     from fhb.stages.import_ckpt import write_imported_run
     from fhb.student.config import FitConfig

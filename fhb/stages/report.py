@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fhb.errors import FhbError
-from fhb.stages.run_state import read_metrics
+from fhb.training.run_state import read_metrics
 
 logger = logging.getLogger(__name__)
 

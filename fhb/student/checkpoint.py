@@ -41,6 +41,7 @@ import torch
 import fhb
 from fhb.errors import FhbError
 from fhb.pipeline.checkpoint_io import InertStub, RefusedGlobalError, plain_config, restricted_pickle
+from fhb.pipeline.files import atomic_torch_save, atomic_write_text
 from fhb.student.config import FitConfig, load_fithubert_yaml
 from fhb.student.model import FitHuBERT, build_fit_student
 
@@ -48,6 +49,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "StudentCheckpoint",
+    "build_for_weights",
     "load_student",
     "load_student_checkpoint",
     "save_published_checkpoint",
@@ -168,8 +170,8 @@ def _lightning_state(path: Path, ckpt: Mapping[str, Any]) -> dict[str, torch.Ten
     return student
 
 
-def _build(config: FitConfig) -> FitHuBERT:
-    """The config's student with teacher initialisation off: the weights come from the file
+def build_for_weights(config: FitConfig) -> FitHuBERT:
+    """The config's student with teacher initialisation off: the weights come from a file
     (the published S3PRL upstream forces the same)."""
     distiller = dataclasses.replace(config.distiller, init_conv_layers=False, init_encoder_layers=0)
     return build_fit_student(dataclasses.replace(config, distiller=distiller))
@@ -220,7 +222,7 @@ def load_student_checkpoint(
                            "use the fhb version that wrote it, or upgrade fhb")
         config = _config(path, yaml_path, ckpt.get("config"), "'config'")
         state = _tensor_dict(path, "model", ckpt.get("model"))
-        model = _build(config)
+        model = build_for_weights(config)
         _load_weights(path, model, state)
         return StudentCheckpoint(
             model, config, "fhb", epoch=int(ckpt.get("epoch", 0)), step=int(ckpt.get("step", 0)),
@@ -231,7 +233,7 @@ def load_student_checkpoint(
         hparams = _plain(ckpt.get("hyper_parameters"))
         stored = hparams.get("cfg") if isinstance(hparams, Mapping) else None
         config = _config(path, yaml_path, stored, "hyper_parameters['cfg']")
-        model = _build(config)
+        model = build_for_weights(config)
         _load_weights(path, model, _lightning_state(path, ckpt))
         optimizers = ckpt.get("optimizer_states")
         return StudentCheckpoint(
@@ -247,7 +249,7 @@ def load_student_checkpoint(
         state = dict(ckpt)
         if all(k.startswith(STUDENT_PREFIX) for k in state):
             state = {k[len(STUDENT_PREFIX):]: v for k, v in state.items()}
-        model = _build(config)
+        model = build_for_weights(config)
         _load_weights(path, model, state)
         return StudentCheckpoint(model, config, "state_dict")
     raise FhbError(
@@ -270,17 +272,6 @@ def load_student(
 
 
 # ---------------------------------------------------------------------------------- writing
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary name, then rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _cpu_state(model: FitHuBERT) -> dict[str, torch.Tensor]:
@@ -318,7 +309,7 @@ def save_student(
         ``path``.
     """
     path = Path(path)
-    _atomic_save(
+    atomic_torch_save(
         {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -377,7 +368,7 @@ def save_published_checkpoint(
     path = Path(path)
     yaml_out = Path(yaml_path) if yaml_path is not None else path.with_suffix(".yaml")
     cfg = config.to_dict()
-    _atomic_save(
+    atomic_torch_save(
         {
             "epoch": int(epoch),
             "global_step": int(global_step),
@@ -388,7 +379,5 @@ def save_published_checkpoint(
         },
         path,
     )
-    tmp = yaml_out.with_name(f".{yaml_out.name}.tmp-{os.getpid()}")
-    tmp.write_text(config.to_yaml(), encoding="utf-8")
-    os.replace(tmp, yaml_out)
+    atomic_write_text(yaml_out, config.to_yaml())
     return path, yaml_out

@@ -23,7 +23,7 @@ import yaml
 from torch.nn.utils.rnn import pad_sequence
 
 from fhb.errors import FhbError
-from fhb.stages import run_state
+from fhb.training import run_state
 from fhb.stages.export import CKPT_NAME, UPSTREAM_NAME, YAML_NAME, export_s3prl
 from fhb.student import FitConfig, build_fit_student, load_packaged_config, load_student, save_student
 

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from fhb.errors import FhbError
 from fhb.nn.frames import conv_output_lengths
-from fhb.stages import run_state
+from fhb.training import run_state
 from fhb.stages.export import SAFETENSORS_NAME, UPSTREAM_NAME, export_s3prl
 from fhb.stages.export_hf import FHB_META, HEADS_NAME, HUBERT, REMOTE, WEIGHTS_NAME, export_hf
 from fhb.stages.import_ckpt import import_checkpoint

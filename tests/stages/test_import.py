@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fhb.errors import FhbError
-from fhb.stages import run_state
+from fhb.training import run_state
 from fhb.stages.export import CKPT_NAME, YAML_NAME, export_s3prl
 from fhb.stages.import_ckpt import import_checkpoint
 from fhb.student import build_fit_student, load_packaged_config, load_student_checkpoint, save_published_checkpoint

@@ -84,7 +84,7 @@ def test_frame_rule_comes_from_the_lakes_teacher(tmp_path: Path) -> None:
     lake = write_lake(tmp_path / "lake", meta, {"train": {"s0": utts}})
     assert verify_lake(lake) == []
     assert open_lake(lake).meta.num_frames(16000) == 99
-    from fhb.storage.loader import LakeLoader
+    from fhb.training.loader import LakeLoader
 
     with LakeLoader(lake, ["train"], None, batch_size=2, workers=0, max_seconds=0.2) as loader:
         batches = list(loader)  # crops rely on the frame rule: HuBERT's would refuse this lake

@@ -1,4 +1,4 @@
-"""LakeLoader and the epoch plan on small float16 lakes written with the storage writer."""
+"""LakeLoader on small float16 lakes written with the storage writer (the plan alone: test_epoch.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import torch
 from fhb.errors import FhbError
 from fhb.nn.frames import conv_output_length
 from fhb.storage import LakeMeta, TargetCodec, TeacherMeta, open_lake
-from fhb.storage.epoch import PlanEntry, plan_epoch
-from fhb.storage.loader import Batch, LakeLoader
+from fhb.training.loader import Batch, LakeLoader
 from tests import lakes
 from tests.lakes import Utt
 
@@ -155,7 +154,7 @@ def test_resume_mid_epoch_yields_the_rest(lake: Path) -> None:
 
 
 def test_resume_does_not_decode_done_batches(lake: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from fhb.storage import loader as mod
+    from fhb.training import loader as mod
 
     loader = LakeLoader(lake, ["train"], [1], batch_size=3, workers=0, window_blocks=2)
     n = len(loader)
@@ -206,20 +205,3 @@ def test_other_dtypes_and_cnn(tmp_path: Path, dtype: str) -> None:
             t = int(batch.target_lengths[i])
             np.testing.assert_allclose(batch.targets[i, :, :t].float().numpy(), view.targets(u), rtol=0, atol=1e-6)
             np.testing.assert_allclose(batch.cnn[i, :t].float().numpy(), view.cnn_features(u), rtol=0, atol=1e-6)
-
-
-def test_plan_is_pure_and_reads_blocks() -> None:
-    entries = [PlanEntry(s, off, 50, 16400) for s in range(2) for off in range(0, 1000, 50)]
-    kw = dict(chunk_frames=64, frames_of=conv_output_length, batch_size=4, window_blocks=2)
-    a = plan_epoch(entries, seed=1, epoch=0, **kw)
-    b = plan_epoch(entries, seed=1, epoch=0, **kw)
-    assert a == b and a != plan_epoch(entries, seed=1, epoch=1, **kw)
-    used = [u.utt for batch in a.ranks[0] for u in batch.utts]
-    assert sorted(used) == list(range(len(entries)))
-    # Utterances of one block come from one source and one 2-chunk frame range.
-    blocks: dict[int, set[tuple[int, int]]] = {}
-    for batch in a.ranks[0]:
-        for u in batch.utts:
-            e = entries[u.utt]
-            blocks.setdefault(u.block, set()).add((e.source, e.frame_offset // 128))
-    assert all(len(v) == 1 for v in blocks.values())

@@ -8,22 +8,20 @@ Run directory layout::
     RUN/latest                           text: the name of the newest complete checkpoint
     RUN/student.pt                       the trained student (fhb student format), at the end
 
-Every file is written to a temporary name in the same directory, fsync'ed, then moved into
-place with `os.replace`, and the directory is fsync'ed: a crash leaves either the old file or
-the new one, never a torn one. ``latest`` is written the same way, after its checkpoint.
+Every file is written with `fhb.pipeline.files.atomic_write_bytes` (temporary name, fsync,
+`os.replace`, directory fsync): a crash leaves either the old file or the new one, never a torn one.
+``latest`` is written the same way, after its checkpoint.
 Resuming loads the checkpoint ``latest`` names; if that one does not load (damaged disk, a copy
 in progress) it falls back to the newest older one that does, and logs which.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 import random
 import re
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ import numpy as np
 import torch
 
 from fhb.errors import FhbError
+from fhb.pipeline.files import atomic_torch_save, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -49,40 +48,10 @@ def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}.pt"
 
 
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (tmp file + fsync + os.replace + dir fsync)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """`torch.save` to ``path`` atomically."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
+def checkpoint_step(name: str) -> int | None:
+    """The update of a checkpoint file name (``step-00000100.pt`` -> 100); None for any other name."""
+    m = _STEP_RE.match(name)
+    return int(m.group(1)) if m else None
 
 
 def rng_state(loss_generator: torch.Generator | None = None) -> dict[str, Any]:
@@ -129,12 +98,18 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     d = run_dir / CHECKPOINT_DIR
     if not d.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _STEP_RE.match(p.name))]
+    found = [(step, p) for p in d.iterdir() if (step := checkpoint_step(p.name)) is not None]
     return [p for _, p in sorted(found)]
 
 
-def _load(path: Path) -> dict[str, Any]:
-    # Our own files, but they hold numpy RNG state and python tuples: not weights-only loadable.
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """One checkpoint file's state, validated (format, version, keys).
+
+    Our own files, but they hold numpy RNG state and python tuples: not weights-only loadable.
+
+    Raises:
+        ValueError: not a checkpoint of this format/version (torch's own errors pass through).
+    """
     state = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"not an {FORMAT} file")
@@ -165,7 +140,7 @@ def load_latest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     failures = []
     for i, path in enumerate(candidates):
         try:
-            state = _load(path)
+            state = read_checkpoint(path)
         except Exception as e:  # noqa: BLE001 - any failure to load means "torn or foreign": fall back
             failures.append(f"{path.name}: {type(e).__name__}: {e}")
             logger.warning("checkpoint %s does not load (%s); falling back to an older one", path, e)

@@ -1,6 +1,6 @@
 """Stage 2 loader: batches of audio and teacher targets from a lake, decoded ahead of the step.
 
-`LakeLoader` plans each epoch with `fhb.storage.epoch.plan_epoch` (pure, deterministic in
+`LakeLoader` plans each epoch with `fhb.training.epoch.plan_epoch` (pure, deterministic in
 ``(seed, epoch)``), then hands whole *windows* of the plan to worker processes. A worker lays out
 the window's batches first, then decodes every chunk the window needs once, over just the rows
 its utterances use (c-blosc on the chunk file, only the Blosc blocks that hold those rows: see
@@ -54,7 +54,7 @@ import torch
 from fhb.errors import FhbError
 from fhb.nn.frames import conv_output_length, conv_output_lengths
 from fhb.storage.codecs import TargetCodec
-from fhb.storage.epoch import EpochPlan, PlanEntry, PlannedBatch, check_batching, plan_epoch
+from fhb.training.epoch import EpochPlan, PlanEntry, PlannedBatch, check_batching, plan_epoch
 from fhb.storage.schema import AUDIO_ARRAY, CNN_ARRAY, layer_array_name, scale_array_name
 from fhb.storage.reader import ArrayRows, Lake, ShardView, UttEntry, open_lake
 

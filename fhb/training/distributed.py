@@ -98,12 +98,3 @@ def all_reduce_min(value: int, info: DistInfo) -> int:
         t = t.cuda()
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return int(t.item())
-
-
-def all_reduce_mean(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """The mean of ``t`` over ranks (a copy; ``t`` itself unchanged)."""
-    if not info.enabled:
-        return t
-    out = t.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out / info.world_size
