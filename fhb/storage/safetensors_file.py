@@ -93,7 +93,7 @@ def write_safetensors(
         dtype = a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype
         if dtype not in _NAMES:
             raise ValueError(f"write_safetensors: tensor {name!r} has dtype {a.dtype}, expected one of {sorted(_NAMES)}")
-        a = np.ascontiguousarray(a, dtype=dtype)
+        a = np.asarray(a, dtype=dtype, order="C")  # (ascontiguousarray would make a 0-d array 1-d)
         header[name] = {"dtype": _NAMES[dtype], "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
         offset += a.nbytes
         arrays.append(a)
@@ -102,7 +102,7 @@ def write_safetensors(
     digest = hashlib.sha256()
     size = 0
     with open(path, "wb") as f:
-        for part in (len(text).to_bytes(8, "little"), text, *(memoryview(a).cast("B") for a in arrays)):
+        for part in (len(text).to_bytes(8, "little"), text, *(memoryview(a.reshape(-1).view(np.uint8)) for a in arrays)):
             digest.update(part)
             f.write(part)
             size += len(part)
