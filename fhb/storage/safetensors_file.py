@@ -47,6 +47,7 @@ DTYPES: dict[str, np.dtype] = {
 """safetensors dtype names fhb reads and writes (bfloat16 has no numpy dtype: not supported)."""
 
 _NAMES = {v: k for k, v in DTYPES.items()}
+_BLOCK = 4 << 20  # bytes read and hashed at a time
 _ALIGN = 8  # the data area starts 8-byte aligned (the header is padded with spaces, as safetensors does)
 
 
@@ -182,7 +183,7 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of the file at ``path``, read in 4 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(4 << 20), b""):
+        for block in iter(lambda: f.read(_BLOCK), b""):
             digest.update(block)
     return digest.hexdigest()
 
@@ -193,7 +194,8 @@ def read_safetensors(
     """Read every tensor of the file at ``path``, checking its sha256 first when given.
 
     The header is validated before the data is allocated; the file is read once into one
-    writable buffer, hashed, and the arrays are views of it (no further copies).
+    writable buffer, hashed block by block as it is read, and the arrays are views of it (no
+    further copies).
 
     Returns:
         ``{name: array}`` in file order, and the header's metadata.
@@ -203,16 +205,21 @@ def read_safetensors(
     """
     path = Path(path)
     header = read_header(path)
-    buf = bytearray(header.file_size)
+    buf = np.empty(header.file_size, dtype=np.uint8)  # not zero-filled: every byte is read into it
+    view = memoryview(buf)
+    digest = hashlib.sha256()
+    got = 0
     with open(path, "rb") as f:
-        got = f.readinto(buf)
+        while got < len(buf):  # hash each block while it is in the cache
+            n = f.readinto(view[got : got + _BLOCK])
+            if not n:
+                break
+            digest.update(view[got : got + n])
+            got += n
     if got != len(buf):
         raise FhbError(f"{path}: expected {len(buf)} bytes, read {got} (the file changed while reading); read it again")
-    if sha256 is not None:
-        found = hashlib.sha256(buf).hexdigest()
-        if found != sha256:
-            raise FhbError(f"{path}: expected sha256 {sha256}, found {found}; the file is damaged: write it again")
-    view = memoryview(buf)
+    if sha256 is not None and digest.hexdigest() != sha256:
+        raise FhbError(f"{path}: expected sha256 {sha256}, found {digest.hexdigest()}; the file is damaged: write it again")
     out = {
         name: np.frombuffer(view[header.data_start + t.begin : header.data_start + t.end], dtype=t.dtype).reshape(t.shape)
         for name, t in header.tensors.items()
