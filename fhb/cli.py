@@ -128,6 +128,23 @@ def unlock(lake: Annotated[Path, typer.Argument(help="A lake whose extraction wa
     typer.echo(f"cleared lock of {lake}: {info.describe()}" if info else f"{lake} was not locked")
 
 
+lake_app = typer.Typer(help="Maintain an existing lake.", no_args_is_help=True)
+app.add_typer(lake_app, name="lake")
+
+
+@lake_app.command("add-teacher")
+def lake_add_teacher(
+    lake: Annotated[Path, typer.Argument(help="A lake written by fhb extract.")],
+    teacher: Annotated[Path, typer.Option(help="The checkpoint (.pt) the lake was extracted with.")],
+) -> None:
+    """Store the teacher's weights in a lake written without them (sha256 checked against the lake's)."""
+    from fhb.stages.lake_tools import add_teacher
+
+    stored = add_teacher(lake, teacher)
+    typer.echo(f"lake {lake} stores teacher {stored.source_name} ({stored.num_tensors} tensors, "
+               f"{stored.weights_bytes / 1e6:.1f} MB, sha256 {stored.weights_sha256[:12]}…)")
+
+
 @app.command("distill")
 def distill(
     cache: Annotated[Optional[Path], typer.Option("--cache", help="Lake written by `fhb extract`.")] = None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -33,7 +33,7 @@ from fhb.pipeline.checkpoint_io import (
 from fhb.pipeline.fairseq_layout import ARCHS, save_random_checkpoint
 from fhb.pipeline.precision import autocast_context
 
-__all__ = ["ARCHS", "Teacher", "TeacherSpec", "load_teacher", "read_teacher_spec", "save_random_checkpoint"]
+__all__ = ["ARCHS", "Teacher", "TeacherSpec", "build_teacher", "load_teacher", "read_teacher_spec", "save_random_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -352,6 +352,76 @@ def _check_state(path: Path, name: str, model: Backbone, state: dict[str, torch.
         )
 
 
+def _run_device(device: str | torch.device, precision: str) -> torch.device:
+    if precision not in ("fp32", "fp16", "bf16"):
+        raise FhbError(f"precision {precision!r} is not one of fp32, fp16, bf16")
+    device = torch.device(device)
+    if precision != "fp32" and device.type != "cuda":
+        raise FhbError(f"precision {precision} needs --device cuda; on {device.type} use fp32")
+    return device
+
+
+def build_teacher(
+    state: Mapping[str, torch.Tensor],
+    *,
+    path: Path,
+    sha256: str,
+    config: dict[str, Any],
+    model_name: str,
+    normalize: bool,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    max_batch_samples: int = DEFAULT_BATCH_SAMPLES,
+) -> Teacher:
+    """A teacher from its backbone's state dict (fairseq names, pre-training-only keys dropped)
+    and the model config it belongs to: what :func:`load_teacher` does once the checkpoint is read,
+    and how ``fhb.pipeline.lake_teacher`` rebuilds a lake's stored teacher.
+
+    The model is built on the meta device and the tensors are assigned (no copy when their dtype
+    is the model's); names and shapes must match exactly.
+
+    Args:
+        state: ``{fairseq name: tensor}``.
+        path: the file the weights came from (for messages; ``Teacher.path``).
+        sha256: the teacher's identity: the digest of the original checkpoint file.
+        config: the fairseq model config (``cfg.model``).
+        model_name: ``"hubert"`` or ``"wav2vec2"``.
+        normalize: whether the task normalised each waveform.
+        device, precision, max_batch_samples: as :func:`load_teacher`.
+
+    Raises:
+        CheckpointError: a config that cannot be built, or weights that do not match it.
+    """
+    device = _run_device(device, precision)
+    if model_name not in SUPPORTED_MODELS:
+        raise CheckpointError(f"{path}: model {model_name!r} is not one of {', '.join(SUPPORTED_MODELS)}")
+    try:
+        arch = BackboneConfig.from_fairseq(config)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    # Built on the meta device: no random initialisation of ~95M parameters that the checkpoint
+    # overwrites anyway (half of the load time); the checkpoint's tensors are then assigned.
+    state = dict(state)
+    model = _meta_backbone(path, arch, state)
+    _check_state(path, model_name, model, state)
+    expected = model.state_dict()
+    state = {k: v.to(expected[k].dtype).contiguous() for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    model.eval().to(device)
+    return Teacher(
+        model=model,
+        path=path,
+        sha256=sha256,
+        config=config,
+        arch=arch,
+        model_name=model_name,
+        normalize=normalize,
+        device=device,
+        precision=precision,
+        max_batch_samples=max_batch_samples,
+    )
+
+
 def load_teacher(
     path: str | Path,
     device: str | torch.device = "cpu",
@@ -375,36 +445,16 @@ def load_teacher(
             dicts whose keys do not match the architecture (naming the keys).
     """
     path = Path(path)
-    if precision not in ("fp32", "fp16", "bf16"):
-        raise FhbError(f"precision {precision!r} is not one of fp32, fp16, bf16")
-    device = torch.device(device)
-    if precision != "fp32" and device.type != "cuda":
-        raise FhbError(f"precision {precision} needs --device cuda; on {device.type} use fp32")
+    device = _run_device(device, precision)
     ckpt = load_checkpoint(path)
     spec = _spec_from_checkpoint(path, ckpt, sha256)
-    name, arch = spec.model_name, spec.arch
-    # Built on the meta device: no random initialisation of ~95M parameters that the checkpoint
-    # overwrites anyway (half of the load time); the checkpoint's tensors are then assigned.
-    state = _drop_pretraining_keys(ckpt["model"])
-    model = _meta_backbone(path, arch, state)
-    _check_state(path, name, model, state)
-    expected = model.state_dict()
-    state = {k: v.to(expected[k].dtype).contiguous() for k, v in state.items()}
-    model.load_state_dict(state, strict=True, assign=True)
-    model.eval().to(device)
-    teacher = Teacher(
-        model=model,
-        path=path,
-        sha256=spec.sha256,
-        config=spec.config,
-        arch=arch,
-        model_name=name,
-        normalize=spec.normalize,
-        device=device,
-        precision=precision,
+    teacher = build_teacher(
+        _drop_pretraining_keys(ckpt["model"]), path=path, sha256=spec.sha256, config=spec.config,
+        model_name=spec.model_name, normalize=spec.normalize, device=device, precision=precision,
         max_batch_samples=max_batch_samples,
     )
     log.info(
-        "loaded %s teacher %s: %d layers, dim %d, normalize=%s", name, path.name, teacher.num_layers, teacher.dim, teacher.normalize
+        "loaded %s teacher %s: %d layers, dim %d, normalize=%s", teacher.model_name, path.name, teacher.num_layers,
+        teacher.dim, teacher.normalize,
     )
     return teacher

@@ -7,6 +7,8 @@ length-sorted batches of about ``batch_seconds`` and streams the targets into a
 :class:`~fhb.storage.writer.ShardWriter`, which encodes and writes on a background thread (so
 compression overlaps compute) and commits the shard atomically. Only the client updates the
 root attributes, once every shard of a split has committed. Rerunning the same command resumes.
+The client also stores the teacher's weights in the lake (``_teacher/``, once), so stage two needs
+nothing but the lake.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ import torch
 from fhb.errors import FhbError
 from fhb.pipeline.audio import AudioError, load_audio_int16
 from fhb.pipeline.corpus import Manifest, scan_librispeech
+from fhb.pipeline.lake_teacher import store_teacher
 from fhb.pipeline.precision import check_precision, check_precision_name
 from fhb.pipeline.teacher import Teacher, TeacherSpec, load_teacher, read_teacher_spec
 from fhb.stages.shard_plan import ShardJob, plan_shards
 from fhb.storage import LakeMeta, LakeWriter, ShardWriter, SplitInfo, TeacherMeta
+from fhb.storage.schema import json_config
 
 log = logging.getLogger(__name__)
 
@@ -207,8 +211,7 @@ def extract_shard(job: ShardJob, meta: LakeMeta, opts: ExtractOptions) -> ShardR
 
 
 def _teacher_meta(teacher: Teacher | TeacherSpec) -> TeacherMeta:
-    config = {k: v for k, v in teacher.config.items() if isinstance(v, (str, int, float, bool, type(None), list))}
-    return TeacherMeta(name=teacher.path.name, sha256=teacher.sha256, config=config,
+    return TeacherMeta(name=teacher.path.name, sha256=teacher.sha256, config=json_config(teacher.config),
                        num_layers=teacher.num_layers, dim=teacher.dim, path=str(teacher.path.resolve()))
 
 
@@ -313,6 +316,7 @@ def run_extract(
     plans = plan_shards(manifest, splits, shard_hours, include_problems=on_bad_audio == "skip")
     summary = ExtractSummary(lake=Path(out))
     with _lake_write_errors(Path(out)), LakeWriter(out, meta, overwrite=overwrite) as lake:
+        store_teacher(lake, teacher, sha256=spec.sha256)  # stage two needs nothing but the lake
         meta = lake.meta
         for split, jobs in plans.items():  # committed shards must hold the planned utterances
             for job in jobs:

@@ -5,6 +5,8 @@ Public API::
     from fhb.storage import (LakeMeta, TeacherMeta, SplitInfo, ShardAttrs,     # the contract (schema)
                              TargetCodec,                                       # target encodings
                              LakeWriter, ShardWriter,                           # writing
+                             StoredTeacher, TeacherWeights, TeacherSource,      # the stored teacher
+                             read_teacher, teacher_problems,
                              open_lake, Lake, SplitView, ShardView, UttEntry,   # reading
                              LakeLock, break_lock, read_lock,                   # locking
                              verify_lake, summarize_lake, Finding)              # integrity
@@ -26,8 +28,11 @@ from fhb.storage.schema import (
     LakeMeta,
     ShardAttrs,
     SplitInfo,
+    StoredTeacher,
     TeacherMeta,
+    TeacherWeights,
 )
+from fhb.storage.teacher_store import TeacherSource, read_teacher, teacher_problems
 from fhb.storage.writer import ShardWriter, create_lake, update_split_listing
 
 __all__ = [
@@ -48,8 +53,11 @@ __all__ = [
     "SplitInfo",
     "SplitSummary",
     "SplitView",
+    "StoredTeacher",
     "TargetCodec",
     "TeacherMeta",
+    "TeacherSource",
+    "TeacherWeights",
     "UttEntry",
     "break_lock",
     "create_lake",
@@ -57,7 +65,9 @@ __all__ = [
     "list_split_dir",
     "open_lake",
     "read_lock",
+    "read_teacher",
     "summarize_lake",
+    "teacher_problems",
     "update_split_listing",
     "verify_lake",
 ]

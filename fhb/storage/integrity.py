@@ -16,6 +16,9 @@ from zarr.storage import LocalStore
 from fhb.errors import FhbError
 from fhb.storage.schema import (
     AUDIO_ARRAY,
+    TEACHER_DIR,
+    TEACHER_TMP_PREFIX,
+    TEACHER_TRASH_PREFIX,
     FramesFn,
     LakeMeta,
     ShardAttrs,
@@ -29,6 +32,7 @@ from fhb.storage.schema import (
     shard_arrays,
 )
 from fhb.storage.layout import dir_size, list_split_dir, local_lake_dir, read_node_attrs
+from fhb.storage.teacher_store import ADD_TEACHER_FIX, teacher_leftovers, teacher_problems
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +58,9 @@ def verify_lake(
 ) -> list[Finding]:
     """Check a lake; an empty list means it is sound.
 
-    Checks: every listed shard exists and is committed; split totals match the shards; each
+    Checks: the stored teacher, if the lake records one (`teacher_problems`: its weights'
+    sha256 with ``check_chunks``, and that they are of the lake's teacher); every listed shard
+    exists and is committed; split totals match the shards; each
     shard's index is consistent (contiguous offsets, counts match array shapes, unique ids,
     ``num_frames == frames_fn(num_samples)``; ``frames_fn`` defaults to the lake's frame rule,
     `LakeMeta.num_frames`: the conv stack of the teacher that wrote it);
@@ -69,13 +75,32 @@ def verify_lake(
     findings: list[Finding] = []
     for split, info in meta.splits.items():
         findings += _verify_split(root, meta, split, frames_fn, check_chunks)
+    findings += _verify_teacher(root, meta, check_chunks)
     for e in sorted(root.iterdir()):
+        if e.name == TEACHER_DIR or e.name.startswith((TEACHER_TMP_PREFIX, TEACHER_TRASH_PREFIX)):
+            continue  # the stored teacher, checked above
         if e.is_dir() and e.name not in meta.splits and (e / "zarr.json").is_file():
             findings.append(Finding("warning", f"{root.name}/{e.name}",
                                     "group is not a listed split; it is ignored by readers"))
     for f in findings:
         (logger.error if f.severity == "error" else logger.warning)("%s", f)
     return findings
+
+
+def _verify_teacher(root: Path, meta: LakeMeta, check_data: bool) -> list[Finding]:
+    """The stored teacher (if recorded) is sound and of the lake's teacher; leftovers of
+    interrupted writes and an unrecorded ``_teacher/`` are warnings."""
+    where = f"{root.name}/{TEACHER_DIR}"
+    fix = ADD_TEACHER_FIX.format(lake=root)
+    out = [Finding("error", where, f"{p}; store the teacher again with `{fix}`")
+           for p in teacher_problems(root, meta, check_data)]
+    if meta.teacher_weights is None and (root / TEACHER_DIR).exists():
+        out.append(Finding("warning", where, f"stored teacher not recorded in the root attributes "
+                           f"(interrupted write; readers ignore it); record it with `{fix}`"))
+    for name in teacher_leftovers(root):
+        out.append(Finding("warning", f"{root.name}/{name}", "leftover of an interrupted write of the "
+                           "stored teacher (invisible to readers); removed by the next write"))
+    return out
 
 
 def _verify_split(

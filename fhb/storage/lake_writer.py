@@ -9,6 +9,10 @@
                 w.add(...)                                   # a `ShardWriter`
                 w.commit()
         lake.list_split(split, shard_names)                 # list the committed shards, in order
+        if lake.stored_teacher() is None:                   # the teacher's weights, once
+            lake.store_teacher(tensors, source)
+
+    with LakeWriter.reopen(path) as lake: ...              # an existing lake, whatever its layout
 
 The lock (`LakeLock`) is held for the whole block, so one client drives a lake at a time. Workers
 in other processes (dask) write their shards with ``ShardWriter(lake.path, split, shard,
@@ -19,14 +23,17 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
 from fhb.errors import FhbError
-from fhb.storage.layout import read_node_attrs
+import numpy as np
+
+from fhb.storage.layout import local_lake_dir, read_node_attrs
 from fhb.storage.lock import LakeLock
-from fhb.storage.schema import LakeMeta, ShardAttrs, SplitInfo, is_committed
+from fhb.storage.schema import LakeMeta, ShardAttrs, SplitInfo, StoredTeacher, is_committed
+from fhb.storage.teacher_store import TeacherSource, adopt_teacher, stored_teacher, write_teacher
 from fhb.storage.writer import ShardWriter, create_lake, update_split_listing
 
 logger = logging.getLogger(__name__)
@@ -47,6 +54,13 @@ class LakeWriter:
         self._overwrite = overwrite
         self._lock = LakeLock(self.path)
         self._meta: LakeMeta | None = None
+
+    @classmethod
+    def reopen(cls, path: str | os.PathLike[str]) -> LakeWriter:
+        """A writer of the existing lake at ``path`` with the layout it has (`FhbError` if there is
+        no lake there)."""
+        root = local_lake_dir(path)
+        return cls(root, LakeMeta.from_dict(read_node_attrs(root) or {}, f"lake {root}"))
 
     @property
     def meta(self) -> LakeMeta:
@@ -113,3 +127,21 @@ class LakeWriter:
         info = update_split_listing(self.path, split, shard_names)
         self._meta = self.meta.with_split(split, info)
         return info
+
+    def stored_teacher(self) -> StoredTeacher | None:
+        """The lake's stored teacher when it is complete and of the lake's teacher (sha256 checked;
+        a complete one that a crash left unrecorded is recorded now), else None."""
+        self.meta  # noqa: B018  # inside the `with` block only: the lock must be held
+        found = stored_teacher(self.path) or adopt_teacher(self.path)
+        self._reload()
+        return found
+
+    def store_teacher(self, tensors: Mapping[str, np.ndarray], source: TeacherSource) -> StoredTeacher:
+        """Store the teacher's weights (``{fairseq name: array}``) in the lake (`write_teacher`)."""
+        self.meta  # noqa: B018  # inside the `with` block only: the lock must be held
+        stored = write_teacher(self.path, tensors, source)
+        self._reload()
+        return stored
+
+    def _reload(self) -> None:
+        self._meta = LakeMeta.from_dict(read_node_attrs(self.path) or {}, f"lake {self.path}")

@@ -6,7 +6,8 @@ shard's attributes (`ShardAttrs`, with symmetric `ShardAttrs.to_attrs` / `ShardA
 and its `ShardIndex`), the arrays of a shard (`shard_arrays`), the commit marker
 (`is_committed`), unique utterance ids within a split (`duplicate_ids`), the frame rule (frames
 from samples by the lake's teacher conv stack, `TeacherMeta.num_frames`) and the chunk checksum
-(`crc32`). Adding a stored thing is a change here (plus the writer that fills it).
+(`crc32`), and the stored teacher (`StoredTeacher` in ``_teacher/teacher.json``, recorded in the root
+as `TeacherWeights`). Adding a stored thing is a change here (plus the writer that fills it).
 
 ::
 
@@ -17,6 +18,9 @@ from samples by the lake's teacher conv stack, `TeacherMeta.num_frames`) and the
     LAKE/<split>/<shard>/<array>/           the arrays of `shard_arrays`
     LAKE/<split>/_tmp_<shard>_<hex>/        shard being written (invisible to readers)
     LAKE/<split>/_trash_<shard>_<hex>/      previous version of a shard being replaced
+    LAKE/_teacher/model.safetensors         the teacher's weights (optional, `StoredTeacher`)
+    LAKE/_teacher/teacher.json              what rebuilds it, StoredTeacher.to_dict()
+    LAKE/_tmp_teacher_<hex>/                stored teacher being written (invisible to readers)
 
 The full layout is written down in ``docs/lake-format.md``. numpy only (no zarr, no torch).
 """
@@ -71,6 +75,16 @@ INDEX_COLUMNS = (
 )
 CHECKSUM_ALGORITHM = "crc32"
 CHECKSUM_UNIT = "chunk"
+
+# The stored teacher (optional): LAKE/_teacher/{model.safetensors, teacher.json}.
+TEACHER_DIR = "_teacher"
+TEACHER_WEIGHTS_FILE = "model.safetensors"
+TEACHER_CONFIG_FILE = "teacher.json"
+TEACHER_ATTR = "teacher_weights"
+TEACHER_FORMAT = "fhb-teacher"
+TEACHER_FORMAT_VERSION = 1
+TEACHER_TMP_PREFIX = f"{TMP_PREFIX}teacher_"
+TEACHER_TRASH_PREFIX = f"{TRASH_PREFIX}teacher_"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -167,6 +181,120 @@ class TeacherMeta:
         return conv_output_length(num_samples, self.conv_layers)
 
 
+def json_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON-able entries (strings, numbers, booleans, null, lists) of a checkpoint's model
+    config: what the lake stores as ``teacher.config`` and in ``teacher.json``."""
+    return {k: v for k, v in config.items() if isinstance(v, (str, int, float, bool, type(None), list))}
+
+
+@dataclass(frozen=True)
+class TeacherWeights:
+    """The root attribute ``teacher_weights``: the lake stores its teacher's weights.
+
+    Absent (or null) in a lake without them (lakes written before fhb stored the teacher). Set by
+    the client holding the lock once ``_teacher/`` is in place: it is the stored teacher's commit
+    marker. ``sha256`` and ``bytes`` are those of ``_teacher/model.safetensors``;
+    ``source_sha256`` is the sha256 of the checkpoint file they came from, which must be the
+    lake's ``teacher.sha256``.
+    """
+
+    sha256: str
+    bytes: int
+    source_sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (the ``teacher_weights`` root attribute)."""
+        return {"dir": TEACHER_DIR, "file": TEACHER_WEIGHTS_FILE, "sha256": self.sha256,
+                "bytes": self.bytes, "source_sha256": self.source_sha256}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "teacher_weights") -> TeacherWeights:
+        """Parse and validate the ``teacher_weights`` attribute."""
+        _require_keys(d, ("sha256", "bytes", "source_sha256"), where)
+        return cls(sha256=_typed(d, "sha256", str, where), bytes=_typed(d, "bytes", int, where),
+                   source_sha256=_typed(d, "source_sha256", str, where))
+
+
+@dataclass(frozen=True)
+class StoredTeacher:
+    """``LAKE/_teacher/teacher.json``: what rebuilds the teacher from ``model.safetensors``.
+
+    ``model.safetensors`` holds the backbone's state dict with fairseq's names, exactly the tensors
+    fhb's teacher loads (pre-training-only tensors dropped), in their checkpoint dtype (float32).
+    ``model_name`` (``hubert``/``wav2vec2``), ``normalize`` (the task's waveform normalisation)
+    and ``config`` (the fairseq model config, `json_config`) are what ``fhb.pipeline.teacher``
+    needs besides the weights. ``source_*`` name the checkpoint file; ``weights_*`` describe
+    ``model.safetensors`` (its sha256, bytes and number of tensors).
+    """
+
+    model_name: str
+    normalize: bool
+    config: dict[str, Any]
+    source_name: str
+    source_sha256: str
+    weights_sha256: str
+    weights_bytes: int
+    num_tensors: int
+    dtype: str = "float32"
+    fhb_version: str = ""
+    format_version: int = TEACHER_FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if not self.fhb_version:
+            from fhb import __version__
+
+            object.__setattr__(self, "fhb_version", __version__)
+
+    @property
+    def weights(self) -> TeacherWeights:
+        """The root attribute that records this stored teacher."""
+        return TeacherWeights(self.weights_sha256, self.weights_bytes, self.source_sha256)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (the content of ``teacher.json``)."""
+        return {
+            "format": TEACHER_FORMAT,
+            "format_version": self.format_version,
+            "fhb_version": self.fhb_version,
+            "model_name": self.model_name,
+            "normalize": self.normalize,
+            "config": dict(self.config),
+            "source_name": self.source_name,
+            "source_sha256": self.source_sha256,
+            "weights_file": TEACHER_WEIGHTS_FILE,
+            "weights_sha256": self.weights_sha256,
+            "weights_bytes": self.weights_bytes,
+            "num_tensors": self.num_tensors,
+            "dtype": self.dtype,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = TEACHER_CONFIG_FILE) -> StoredTeacher:
+        """Parse and validate ``teacher.json``; refuses other formats and versions with the fix."""
+        if not isinstance(d, Mapping) or d.get("format") != TEACHER_FORMAT:
+            found = d.get("format") if isinstance(d, Mapping) else type(d).__name__
+            raise FhbError(f"{where}: expected format {TEACHER_FORMAT!r}, found {found!r}; store the "
+                           f"teacher again with `fhb lake add-teacher LAKE --teacher CKPT`")
+        if d.get("format_version") != TEACHER_FORMAT_VERSION:
+            raise FhbError(f"{where}: expected format_version {TEACHER_FORMAT_VERSION}, found "
+                           f"{d.get('format_version')!r}; upgrade fhb, or store the teacher again")
+        keys = ("fhb_version", "model_name", "normalize", "config", "source_name", "source_sha256",
+                "weights_sha256", "weights_bytes", "num_tensors", "dtype")
+        _require_keys(d, keys, where)
+        return cls(
+            model_name=_typed(d, "model_name", str, where),
+            normalize=_typed(d, "normalize", bool, where),
+            config=_typed(d, "config", dict, where),
+            source_name=_typed(d, "source_name", str, where),
+            source_sha256=_typed(d, "source_sha256", str, where),
+            weights_sha256=_typed(d, "weights_sha256", str, where),
+            weights_bytes=_typed(d, "weights_bytes", int, where),
+            num_tensors=_typed(d, "num_tensors", int, where),
+            dtype=_typed(d, "dtype", str, where),
+            fhb_version=_typed(d, "fhb_version", str, where),
+        )
+
+
 @dataclass(frozen=True)
 class SplitInfo:
     """Listing of one split: its committed shards in manifest order and their totals."""
@@ -204,7 +332,9 @@ class SplitInfo:
 class LakeMeta:
     """Root attributes of a lake (format version 1).
 
-    ``teacher`` and the ``splits`` values may also be given as their plain dicts. ``layers`` are
+    ``teacher``, ``teacher_weights`` and the ``splits`` values may also be given as their plain
+    dicts. ``teacher_weights`` is set when the lake stores the teacher's weights (`TeacherWeights`;
+    optional: None in lakes written without them). ``layers`` are
     teacher layer numbers (1..``teacher.num_layers``, sorted, unique); each is
     stored as array ``layer_{k:02d}`` of shape ``T x teacher.dim``. ``cnn_features`` adds an array
     ``cnn`` (``T x cnn_dim``). ``dtype`` is the target encoding and ``codec`` its parameters
@@ -223,6 +353,7 @@ class LakeMeta:
     splits: dict[str, SplitInfo] = field(default_factory=dict)
     fhb_version: str = ""
     format_version: int = FORMAT_VERSION
+    teacher_weights: TeacherWeights | None = None
 
     def __post_init__(self) -> None:
         # Normalise (frozen: go through object.__setattr__) and validate once.
@@ -232,6 +363,8 @@ class LakeMeta:
             object.__setattr__(self, "fhb_version", __version__)
         if isinstance(self.teacher, Mapping):  # accept the plain-dict form too
             object.__setattr__(self, "teacher", TeacherMeta.from_dict(self.teacher))
+        if isinstance(self.teacher_weights, Mapping):
+            object.__setattr__(self, "teacher_weights", TeacherWeights.from_dict(self.teacher_weights))
         object.__setattr__(
             self,
             "splits",
@@ -345,6 +478,7 @@ class LakeMeta:
             "frame_rate": self.frame_rate,
             "sample_rate": self.sample_rate,
             "splits": {k: v.to_dict() for k, v in self.splits.items()},
+            TEACHER_ATTR: self.teacher_weights.to_dict() if self.teacher_weights else None,
         }
 
     @classmethod
@@ -376,6 +510,9 @@ class LakeMeta:
                 "frame_rate", "sample_rate", "splits")
         _require_keys(d, keys, where)
         splits = _typed(d, "splits", dict, where)
+        weights = d.get(TEACHER_ATTR)  # optional: absent in lakes written before it existed
+        if weights is not None and not isinstance(weights, Mapping):
+            _typed(d, TEACHER_ATTR, dict, where)
         return cls(
             format_version=version,
             fhb_version=_typed(d, "fhb_version", str, where),
@@ -390,6 +527,7 @@ class LakeMeta:
             splits={
                 k: SplitInfo.from_dict(v, f"{where}: split {k!r}") for k, v in splits.items()
             },
+            teacher_weights=TeacherWeights.from_dict(weights, f"{where}: {TEACHER_ATTR}") if weights else None,
         )
 
 

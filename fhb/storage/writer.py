@@ -107,7 +107,7 @@ def create_lake(path: str | os.PathLike[str], meta: LakeMeta, overwrite: bool = 
                 merged = existing
                 for s, info in missing.items():
                     merged = merged.with_split(s, info)
-                _write_root_attrs(p, merged)
+                write_root_attrs(p, merged)
                 existing = merged
             for s in existing.splits:
                 _ensure_split_group(p, s)
@@ -171,7 +171,7 @@ def update_split_listing(
     for dup in duplicate_ids((name, sa.index.utt_ids) for name, sa in zip(shard_names, shards)):
         raise duplicate_id_error(split, dup, "fix the shard plan (each utterance in one shard)")
     info = SplitInfo(tuple(shard_names), utterances, samples, frames)
-    _write_root_attrs(p, meta.with_split(split, info))
+    write_root_attrs(p, meta.with_split(split, info))
     _ensure_split_group(p, split)
     logger.info(
         "split %s: %d shards, %d utterances, %.2f h", split, len(shard_names), utterances,
@@ -191,7 +191,9 @@ def _read_meta(p: Path) -> LakeMeta:
     return LakeMeta.from_dict(attrs, f"lake {p}")
 
 
-def _write_root_attrs(p: Path, meta: LakeMeta) -> None:
+def write_root_attrs(p: Path, meta: LakeMeta) -> None:
+    """Write ``meta`` as the root attributes (the client holding the lock only; Zarr's
+    ``LocalStore`` replaces ``zarr.json`` atomically)."""
     group = zarr.open_group(LocalStore(p), mode="r+", zarr_format=3, use_consolidated=False)
     group.attrs.update(meta.to_dict())
 

@@ -108,6 +108,25 @@ def test_rerun_resumes_and_skips_committed(tiny_teacher_path: Path, libri_root: 
     _assert_same_lake(lake, copy)
 
 
+def test_extract_stores_the_teacher_once(tiny_teacher_path: Path, libri_root: Path, lake: Path, tmp_path: Path) -> None:
+    """The lake carries the teacher's weights (stage two needs nothing else); a resumed run keeps them."""
+    from fhb.pipeline.lake_teacher import load_lake_teacher
+    from fhb.storage.schema import TEACHER_DIR, TEACHER_WEIGHTS_FILE
+
+    meta = open_lake(lake).meta
+    assert meta.teacher_weights is not None and meta.teacher_weights.source_sha256 == meta.teacher.sha256
+    assert verify_lake(lake) == []
+    rebuilt, original = load_lake_teacher(lake), load_teacher(tiny_teacher_path)
+    sd = original.model.state_dict()
+    assert all(torch.equal(v, sd[k]) for k, v in rebuilt.model.state_dict().items())
+    copy = tmp_path / "copy"
+    shutil.copytree(lake, copy)
+    weights = copy / TEACHER_DIR / TEACHER_WEIGHTS_FILE
+    before = weights.stat().st_mtime_ns
+    _extract(tiny_teacher_path, libri_root, copy)
+    assert weights.stat().st_mtime_ns == before and open_lake(copy).meta.teacher_weights == meta.teacher_weights
+
+
 def test_other_teacher_refused(libri_root: Path, lake: Path, tmp_path: Path) -> None:
     other = save_random_checkpoint(tmp_path / "other.pt", "tiny", seed=99)
     copy = tmp_path / "copy"
@@ -116,6 +135,8 @@ def test_other_teacher_refused(libri_root: Path, lake: Path, tmp_path: Path) -> 
         _extract(other, libri_root, copy)
     _extract(other, libri_root, copy, overwrite=True)
     assert open_lake(copy).attrs["teacher"]["sha256"] != open_lake(lake).attrs["teacher"]["sha256"]
+    stored = open_lake(copy).meta.teacher_weights  # the overwritten lake carries the new teacher
+    assert stored is not None and stored.source_sha256 == open_lake(copy).attrs["teacher"]["sha256"]
 
 
 def test_locked_lake_refused(tiny_teacher_path: Path, libri_root: Path, lake: Path) -> None:
