@@ -197,20 +197,32 @@ def report(
     report_run(run_dir)
 
 
+# The options every export shares: which student of which run, and what may be replaced.
+_RunOpt = Annotated[Optional[Path], typer.Option(help="Run directory of fhb distill / fhb import-checkpoint.")]
+_StepOpt = Annotated[Optional[int], typer.Option(help="Export checkpoints/step-N.pt instead of the final student.")]
+_CheckpointOpt = Annotated[Optional[Path], typer.Option(help="Export this checkpoint file instead.")]
+_ConfigOpt = Annotated[Optional[Path], typer.Option(help="Yaml for a checkpoint that stores no config (bare state dict).")]
+_OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")]
+
+
+def _require_student(command: str, run: Path | None, checkpoint: Path | None) -> None:
+    if run is None and checkpoint is None:
+        raise FhbError(f"{command}: expected --run RUN or --checkpoint PATH, found neither")
+
+
 @app.command("export-s3prl")
 def export_s3prl(
     out: Annotated[Path, typer.Option("--out", "-o", help="Export folder to create (fithubert.ckpt, fithubert.yaml, model_card.md, fithubert_fhb/).")],
-    run: Annotated[Optional[Path], typer.Option(help="Run directory of fhb distill / fhb import-checkpoint.")] = None,
-    step: Annotated[Optional[int], typer.Option(help="Export checkpoints/step-N.pt instead of the final student.")] = None,
-    checkpoint: Annotated[Optional[Path], typer.Option(help="Export this checkpoint file instead.")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="Yaml for a checkpoint that stores no config (bare state dict).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
+    run: _RunOpt = None,
+    step: _StepOpt = None,
+    checkpoint: _CheckpointOpt = None,
+    config: _ConfigOpt = None,
+    overwrite: _OverwriteOpt = False,
 ) -> None:
     """Write a run's student in the published FitHuBERT format and as a self-contained S3PRL upstream."""
     from fhb.stages.export import export_s3prl as _export
 
-    if run is None and checkpoint is None:
-        raise FhbError("export-s3prl: expected --run RUN or --checkpoint PATH, found neither")
+    _require_student("export-s3prl", run, checkpoint)
     result = _export(run, out, step=step, checkpoint=checkpoint, yaml_path=config, overwrite=overwrite)
     typer.echo(f"exported {result.source} (update {result.step}) to {result.out}; see {result.upstream / 'README.md'}")
 
@@ -218,18 +230,17 @@ def export_s3prl(
 @app.command("export-hf")
 def export_hf(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to create (config.json, model.safetensors, preprocessor_config.json, README.md).")],
-    run: Annotated[Optional[Path], typer.Option(help="Run directory of fhb distill / fhb import-checkpoint.")] = None,
-    step: Annotated[Optional[int], typer.Option(help="Export checkpoints/step-N.pt instead of the final student.")] = None,
-    checkpoint: Annotated[Optional[Path], typer.Option(help="Export this checkpoint file instead.")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="Yaml for a checkpoint that stores no config (bare state dict).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
+    run: _RunOpt = None,
+    step: _StepOpt = None,
+    checkpoint: _CheckpointOpt = None,
+    config: _ConfigOpt = None,
+    overwrite: _OverwriteOpt = False,
 ) -> None:
     """Write a run's student as a Hugging Face transformers model (AutoModel.from_pretrained(OUT), safetensors)."""
     from fhb.stages.export_hf import REMOTE
     from fhb.stages.export_hf import export_hf as _export
 
-    if run is None and checkpoint is None:
-        raise FhbError("export-hf: expected --run RUN or --checkpoint PATH, found neither")
+    _require_student("export-hf", run, checkpoint)
     result = _export(run, out, step=step, checkpoint=checkpoint, yaml_path=config, overwrite=overwrite)
     trust = ", trust_remote_code=True" if result.architecture == REMOTE else ""
     typer.echo(f"exported {result.source} (update {result.step}) to {result.out} as {result.architecture}; "
@@ -246,7 +257,7 @@ def import_hf(
     from fhb.stages.import_hf import import_hf as _import
 
     result = _import(folder, out, overwrite=overwrite)
-    typer.echo(f"imported {folder} ({result.architecture}, update {result.step}, {result.num_tensors} tensors) "
+    typer.echo(f"imported {folder} ({result.kind}, update {result.step}, {result.num_tensors} tensors) "
                f"into {result.run}")
 
 

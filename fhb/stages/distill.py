@@ -35,7 +35,7 @@ import torch
 import yaml
 
 from fhb.errors import FhbError
-from fhb.pipeline.files import atomic_write_text
+from fhb.files import atomic_write_text
 from fhb.pipeline.precision import check_precision
 from fhb.pipeline.teacher import Teacher, load_teacher
 from fhb.storage.reader import open_lake

@@ -399,7 +399,7 @@ def write_safetensors(model: Any, config: Any, path: Path, step: int = 0) -> Pat
     """
     from safetensors.torch import save
 
-    from fhb.pipeline.files import atomic_write_bytes
+    from fhb.files import atomic_write_bytes
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": "pt", "fhb_config": json.dumps(config.to_dict()), "global_step": str(int(step))}
@@ -454,7 +454,7 @@ def export_s3prl(
         FhbError: no such run/checkpoint, a student in the inference layout (the published
             format needs every head), or a non-empty ``out`` without ``overwrite``.
     """
-    from fhb.pipeline.files import build_beside
+    from fhb.files import build_beside
     from fhb.student.checkpoint import save_published_checkpoint
 
     out = Path(out)

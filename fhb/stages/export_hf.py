@@ -491,7 +491,7 @@ def export_hf(
         FhbError: no such run/checkpoint, or a non-empty ``out`` without ``overwrite``.
     """
     import fhb
-    from fhb.pipeline.files import build_beside
+    from fhb.files import build_beside
     from fhb.stages.hf_template import TEMPLATE_FILES, template_dir
 
     out = Path(out)

@@ -35,14 +35,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ImportResult:
-    """What :func:`import_checkpoint` wrote.
+    """What :func:`import_checkpoint` (or `fhb.stages.import_hf.import_hf`) wrote.
 
     Attributes:
         run: the run directory.
         student: ``RUN/student.pt``.
-        kind: the source's format (``lightning``, ``fhb``, ``state_dict``).
+        kind: the source's format (``lightning``, ``fhb``, ``state_dict``; for `fhb import-hf` the
+            folder's architecture, ``HubertModel`` or ``FitHuBERTModel``).
         step: the source's optimizer updates (Lightning ``global_step``).
-        sha256: of the source file.
+        sha256: of the source file (for `fhb import-hf`: of its ``model.safetensors``).
         num_tensors: student tensors imported.
     """
 
@@ -92,7 +93,7 @@ def write_imported_run(
     out: Path, model: FitHuBERT, config: FitConfig, record: dict[str, Any], *, epoch: int = 0, step: int = 0
 ) -> Path:
     """Write the run layout (module docstring) for an imported student, built beside ``out`` and
-    swapped in (`fhb.pipeline.files.build_beside`).
+    swapped in (`fhb.files.build_beside`).
 
     Args:
         out: the run directory; replaced if it exists (the caller checked ``--overwrite``).
@@ -108,7 +109,7 @@ def write_imported_run(
     """
     import yaml
 
-    from fhb.pipeline.files import atomic_write_text, build_beside
+    from fhb.files import atomic_write_text, build_beside
     from fhb.student.checkpoint import save_student
     from fhb.training import run_state
 

@@ -41,7 +41,7 @@ import torch
 import fhb
 from fhb.errors import FhbError
 from fhb.pipeline.checkpoint_io import InertStub, RefusedGlobalError, plain_config, restricted_pickle
-from fhb.pipeline.files import atomic_torch_save, atomic_write_text
+from fhb.files import atomic_torch_save, atomic_write_text
 from fhb.student.config import FitConfig, load_fithubert_yaml
 from fhb.student.model import FitHuBERT, build_fit_student
 
