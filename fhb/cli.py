@@ -7,6 +7,7 @@ Failures the user can fix (:class:`fhb.errors.FhbError`) print one red line and 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -197,54 +198,57 @@ def report(
     report_run(run_dir)
 
 
-# The options every export shares: which student of which run, and what may be replaced.
-_RunOpt = Annotated[Optional[Path], typer.Option(help="Run directory of fhb distill / fhb import-checkpoint.")]
-_StepOpt = Annotated[Optional[int], typer.Option(help="Export checkpoints/step-N.pt instead of the final student.")]
-_CheckpointOpt = Annotated[Optional[Path], typer.Option(help="Export this checkpoint file instead.")]
-_ConfigOpt = Annotated[Optional[Path], typer.Option(help="Yaml for a checkpoint that stores no config (bare state dict).")]
-_OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")]
+def _exported_s3prl(out: Path, run: Path | None, step: int | None, checkpoint: Path | None, config: Path | None,
+                    overwrite: bool) -> str:
+    from fhb.stages.export import export_s3prl
+
+    result = export_s3prl(run, out, step=step, checkpoint=checkpoint, yaml_path=config, overwrite=overwrite)
+    return f"exported {result.source} (update {result.step}) to {result.out}; see {result.upstream / 'README.md'}"
 
 
-def _require_student(command: str, run: Path | None, checkpoint: Path | None) -> None:
-    if run is None and checkpoint is None:
-        raise FhbError(f"{command}: expected --run RUN or --checkpoint PATH, found neither")
+def _exported_hf(out: Path, run: Path | None, step: int | None, checkpoint: Path | None, config: Path | None,
+                 overwrite: bool) -> str:
+    from fhb.stages.export_hf import REMOTE, export_hf
 
-
-@app.command("export-s3prl")
-def export_s3prl(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Export folder to create (fithubert.ckpt, fithubert.yaml, model_card.md, fithubert_fhb/).")],
-    run: _RunOpt = None,
-    step: _StepOpt = None,
-    checkpoint: _CheckpointOpt = None,
-    config: _ConfigOpt = None,
-    overwrite: _OverwriteOpt = False,
-) -> None:
-    """Write a run's student in the published FitHuBERT format and as a self-contained S3PRL upstream."""
-    from fhb.stages.export import export_s3prl as _export
-
-    _require_student("export-s3prl", run, checkpoint)
-    result = _export(run, out, step=step, checkpoint=checkpoint, yaml_path=config, overwrite=overwrite)
-    typer.echo(f"exported {result.source} (update {result.step}) to {result.out}; see {result.upstream / 'README.md'}")
-
-
-@app.command("export-hf")
-def export_hf(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to create (config.json, model.safetensors, preprocessor_config.json, README.md).")],
-    run: _RunOpt = None,
-    step: _StepOpt = None,
-    checkpoint: _CheckpointOpt = None,
-    config: _ConfigOpt = None,
-    overwrite: _OverwriteOpt = False,
-) -> None:
-    """Write a run's student as a Hugging Face transformers model (AutoModel.from_pretrained(OUT), safetensors)."""
-    from fhb.stages.export_hf import REMOTE
-    from fhb.stages.export_hf import export_hf as _export
-
-    _require_student("export-hf", run, checkpoint)
-    result = _export(run, out, step=step, checkpoint=checkpoint, yaml_path=config, overwrite=overwrite)
+    result = export_hf(run, out, step=step, checkpoint=checkpoint, yaml_path=config, overwrite=overwrite)
     trust = ", trust_remote_code=True" if result.architecture == REMOTE else ""
-    typer.echo(f"exported {result.source} (update {result.step}) to {result.out} as {result.architecture}; "
-               f"load it with AutoModel.from_pretrained({str(result.out)!r}{trust})")
+    return (f"exported {result.source} (update {result.step}) to {result.out} as {result.architecture}; "
+            f"load it with AutoModel.from_pretrained({str(result.out)!r}{trust})")
+
+
+def _export_command(name: str, help: str, out_help: str,
+                    export: Callable[[Path, Path | None, int | None, Path | None, Path | None, bool], str]) -> None:
+    """Register ``fhb NAME``: the options every export shares (which student of which run, what may
+    be replaced), then one call of ``export``, whose summary line is printed."""
+
+    def command(
+        out: Path,  # annotated below: its help differs per command
+        run: Annotated[Optional[Path], typer.Option(help="Run directory of fhb distill / fhb import-checkpoint.")] = None,
+        step: Annotated[Optional[int], typer.Option(help="Export checkpoints/step-N.pt instead of the final student.")] = None,
+        checkpoint: Annotated[Optional[Path], typer.Option(help="Export this checkpoint file instead.")] = None,
+        config: Annotated[Optional[Path], typer.Option(help="Yaml for a checkpoint that stores no config (bare state dict).")] = None,
+        overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
+    ) -> None:
+        if run is None and checkpoint is None:
+            raise FhbError(f"{name}: expected --run RUN or --checkpoint PATH, found neither")
+        typer.echo(export(out, run, step, checkpoint, config, overwrite))
+
+    command.__annotations__["out"] = Annotated[Path, typer.Option("--out", "-o", help=out_help)]
+    app.command(name, help=help)(command)
+
+
+_export_command(
+    "export-s3prl",
+    "Write a run's student in the published FitHuBERT format and as a self-contained S3PRL upstream.",
+    "Export folder to create (fithubert.ckpt, fithubert.yaml, model_card.md, fithubert_fhb/).",
+    _exported_s3prl,
+)
+_export_command(
+    "export-hf",
+    "Write a run's student as a Hugging Face transformers model (AutoModel.from_pretrained(OUT), safetensors).",
+    "Folder to create (config.json, model.safetensors, preprocessor_config.json, README.md).",
+    _exported_hf,
+)
 
 
 @app.command("import-hf")
