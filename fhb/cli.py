@@ -167,7 +167,7 @@ def distill(
     online_teacher: Annotated[Optional[Path], typer.Option(help="Run this teacher on every batch instead of reading targets (baseline).")] = None,
     libri_root: Annotated[Optional[Path], typer.Option(help="Not supported without --cache (run `fhb extract` first).")] = None,
     log_every: Annotated[int, typer.Option(help="Append a train record to metrics.jsonl every N updates.")] = 10,
-    eval_every: Annotated[Optional[int], typer.Option(help="Evaluate --dev-split every N updates (and at the end).")] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help="Evaluate --dev-split every N updates instead of after every epoch (and at the end).")] = None,
     save_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N updates (and at the end).")] = None,
     keep_checkpoints: Annotated[Optional[int], typer.Option(help="Keep only the newest N checkpoints.")] = None,
     clip_grad_norm: Annotated[Optional[float], typer.Option(help="Clip the gradient norm (default: off, as published).")] = None,

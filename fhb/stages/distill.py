@@ -324,8 +324,8 @@ def run_distill(
         out: run directory (created; must be empty or absent unless ``resume``).
         splits: training splits (default: the yaml's ``data.train_set`` if the lake has them,
             else ``train-clean-100``).
-        dev_split: split evaluated after every epoch, every ``eval_every`` updates and at the end
-            (None: dev-clean when the lake has it; ``"none"``: no evaluation).
+        dev_split: split evaluated after every epoch (or every ``eval_every`` updates) and at the
+            end (None: dev-clean when the lake has it; ``"none"``: no evaluation).
         steps / epochs: length of the run in optimiser updates / epochs (default: yaml
             ``train.num_epochs``).
         batch_size / batch_seconds: utterances per micro-batch, or audio seconds per micro-batch
@@ -341,7 +341,7 @@ def run_distill(
         online_teacher: run this teacher on every batch instead of reading targets (baseline).
         libri_root: not supported without a lake (raises FhbError when given without ``cache``).
         log_every / eval_every / save_every: intervals in updates (None: never; the last update
-            is always saved and evaluated).
+            is always saved and evaluated; ``eval_every`` replaces the per-epoch evaluation).
         keep_checkpoints: keep only the newest N checkpoints (None: all).
         clip_grad_norm: max gradient norm (None: no clipping, as published).
         weight_decay: non-bias weight decay (None: the published 0.01; see `fhb.training.optim`).
@@ -479,7 +479,8 @@ def _run(s: DistillSettings, fit: FitConfig, dist: DistInfo, device: torch.devic
             f", online teacher {s.online_teacher}" if s.online_teacher else "",
         )
     schedule = Schedule(log_every=s.log_every, eval_every=s.eval_every, save_every=s.save_every,
-                        keep_checkpoints=s.keep_checkpoints, eval_each_epoch=s.dev_split is not None,
+                        keep_checkpoints=s.keep_checkpoints,
+                        eval_each_epoch=s.dev_split is not None and s.eval_every is None,
                         early_stopping_patience=s.early_stopping_patience, keep_best=s.keep_best)
 
     def write_best(path: Path) -> None:
