@@ -271,7 +271,7 @@ def _make_loader(splits: Sequence[str], layers: list[int], s: DistillSettings, d
         seed=s.seed, workers=s.workers if train else min(s.workers, 1), prefetch=s.prefetch,
         rank=dist.rank if train else 0, world_size=dist.world_size if train else 1,
         cnn_features=cnn, shuffle=shuffle, drop_last=False,
-        pin_memory=s.device.startswith("cuda"), bucketing=s.bucketing if train else "window",
+        pin_memory=s.device.startswith("cuda"), bucketing=s.bucketing,  # dev too: the published eval batches
     )
 
 

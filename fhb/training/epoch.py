@@ -129,9 +129,9 @@ def plan_epoch(
 ) -> EpochPlan:
     """Plan one epoch (see the module docstring); deterministic in ``(seed, epoch)``.
 
-    ``entries``: utterances in manifest order (consecutive entries of one ``source`` are
+    ``entries``: utterances in storage order (consecutive entries of one ``source`` are
     contiguous in frames). ``frames_of``: samples -> frames of the teacher's conv stack.
-    ``shuffle=False`` keeps manifest order (blocks, windows and batches unshuffled; length
+    ``shuffle=False`` keeps storage order (blocks, windows and batches unshuffled; length
     bucketing still applies inside a window). ``bucketing``: ``window`` (steps 1-5) or ``sorted``
     (the published fixed batches over the whole set, see the module docstring).
     """
