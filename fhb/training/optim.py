@@ -30,7 +30,9 @@ schedule built into the optimiser:
   bias-corrected ``sqrt(v / (1 - b2^t))``, and the weight decay is scaled by the bias-correction
   factor (torch multiplies ``p`` by ``1 - lr_t * wd`` instead). The two are otherwise the same
   update; ``tests/training/test_optim.py`` checks `S3prlAdamW` against a direct transcription of the
-  formula and measures its distance from torch's.
+  formula and measures its distance from torch's. (The formula is s3prl's Lamb family as issue 13
+  describes it: ``adam_step = m / (sqrt(v) + eps) + wd * p``, step size ``lr * sqrt(1 - b2^t) /
+  (1 - b1^t)`` with ``correct_bias``.)
 - **No gradient clipping** in the published code (Lamb has none, the Lightning trainer sets no
   ``gradient_clip_val``); fhb's default ``clip_grad_norm`` is therefore ``None`` (off).
 """
