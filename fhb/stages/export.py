@@ -112,8 +112,16 @@ python3 run_downstream.py -m train -n fit_asr -u {name} -d asr \\
     -k {abs_ckpt} -g {abs_yaml} -s hidden_states
 ```
 
-`-s hidden_states` (the default) trains S3PRL's weighted sum over all {num_states} hidden states;
-`-s last_hidden_state` uses the published upstream's feature (the last prediction head).
+**The paper's SUPERB numbers use `-s last_hidden_state`**: the published upstream's feature (the
+last prediction head). To compare with the paper, run that:
+
+```bash
+python3 run_downstream.py -m train -n fit_asr_paper -u {name} -d asr \\
+    -k {abs_ckpt} -g {abs_yaml} -s last_hidden_state
+```
+
+`-s hidden_states` (the command above, S3PRL's default) trains S3PRL's weighted sum over all
+{num_states} hidden states: the SUPERB weighted-sum protocol, not the paper's setting.
 
 ## Outputs
 
@@ -173,12 +181,12 @@ def write_s3prl_upstream(out: Path, config: Any, ckpt_path: Path, yaml_path: Pat
 
 
 def _run_facts(run: Path | None) -> dict[str, Any]:
-    """What the run recorded: its config.yaml sections, train/eval records of metrics.jsonl."""
+    """What the run recorded: its config.yaml sections, train/eval/selected records of metrics.jsonl."""
     import yaml
 
     from fhb.training import run_state
 
-    facts: dict[str, Any] = {"config": {}, "train": [], "eval": []}
+    facts: dict[str, Any] = {"config": {}, "train": [], "eval": [], "selected": []}
     if run is None or not run.is_dir():
         return facts
     cfg_path = run / run_state.CONFIG
@@ -187,9 +195,20 @@ def _run_facts(run: Path | None) -> dict[str, Any]:
         facts["config"] = loaded if isinstance(loaded, dict) else {}
     if (run / run_state.METRICS).is_file():
         for rec in run_state.read_metrics(run):
-            if rec.get("kind") in ("train", "eval"):
+            if rec.get("kind") in ("train", "eval", "selected"):
                 facts[rec["kind"]].append(rec)
     return facts
+
+
+def _selected_text(selected: dict[str, Any] | None) -> str:
+    """Which student ``fhb distill`` wrote as ``student.pt`` (its ``selected`` metrics record)."""
+    if not selected:
+        return "not recorded"
+    if selected.get("selected") == "best":
+        return (f"best by dev loss ({selected.get('split')}: {selected.get('dev_loss'):.6g}) at update "
+                f"{selected.get('step')}, as the published best checkpoint")
+    early = ", stopped early" if selected.get("stopped_early") else ""
+    return f"last update ({selected.get('step')}{early})"
 
 
 def _lake_teacher(lake: str | None) -> dict[str, Any] | None:
@@ -233,6 +252,7 @@ def write_model_card(path: Path, found: RunStudent, run: Path | None) -> dict[st
         "imported_from": imported.get("source"),
         "steps": steps,
         "dev": last_eval,
+        "selected": facts["selected"][-1] if facts["selected"] else None,
         "params_training": model.num_parameters(),
         "params_inference": model.num_parameters(inference=True),
     }
@@ -251,6 +271,7 @@ def write_model_card(path: Path, found: RunStudent, run: Path | None) -> dict[st
         lines.append(f"| imported from | `{card['imported_from']}` (sha256 `{imported.get('sha256')}`) |")
     lines += [
         f"| optimizer updates | {steps} |",
+        f"| released student | {_selected_text(card['selected'])} |",
         f"| parameters (training, all heads) | {card['params_training']:,} |",
         f"| parameters (inference, S3PRL) | {card['params_inference']:,} |",
         "",
