@@ -33,6 +33,8 @@ from fhb.storage.schema import (
 )
 from fhb.storage.layout import dir_size, list_split_dir, local_lake_dir, read_node_attrs
 from fhb.storage.teacher_store import ADD_TEACHER_FIX, teacher_leftovers, teacher_problems
+from fhb.storage.fitted_store import fitted_problems
+from fhb.storage.schema import CODECS_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +78,13 @@ def verify_lake(
     for split, info in meta.splits.items():
         findings += _verify_split(root, meta, split, frames_fn, check_chunks)
     findings += _verify_teacher(root, meta, check_chunks)
+    findings += [Finding("error", f"{root.name}/{CODECS_DIR}", f"{p}; re-create the lake (fhb extract/transcode "
+                         f"--codec {meta.dtype})") for p in fitted_problems(root, meta)]
     for e in sorted(root.iterdir()):
         if e.name == TEACHER_DIR or e.name.startswith((TEACHER_TMP_PREFIX, TEACHER_TRASH_PREFIX)):
             continue  # the stored teacher, checked above
+        if e.name == CODECS_DIR and meta.fitted:
+            continue  # fitted codec parameters, checked above
         if e.is_dir() and e.name not in meta.splits and (e / "zarr.json").is_file():
             findings.append(Finding("warning", f"{root.name}/{e.name}",
                                     "group is not a listed split; it is ignored by readers"))
