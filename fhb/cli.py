@@ -15,6 +15,9 @@ import typer
 from fhb import __version__
 from fhb.errors import FhbError
 
+DEFAULT_CODEC_ERROR = 0.05
+"""`fhb.storage.fitted.DEFAULT_ERROR_BUDGET`, repeated to keep ``fhb --help`` import-free (a test checks)."""
+
 app = typer.Typer(
     name="fhb",
     help="FitHuBERT distillation around a feature lake: run the teacher once, train students from cached targets.",
@@ -77,7 +80,12 @@ def extract(
     splits: Annotated[str, typer.Option(help="Comma-separated splits, e.g. train-clean-100,dev-clean.")] = "train-clean-100,dev-clean",
     layers: Annotated[str, typer.Option(help="'all' or teacher layers like 1,4,8,12.")] = "all",
     cnn_features: Annotated[bool, typer.Option("--cnn-features", help="Also store post_extract_proj output.")] = False,
-    dtype: Annotated[str, typer.Option(help="float16, bfloat16, int8 or float32.")] = "float16",
+    dtype: Annotated[str, typer.Option(help="float16, bfloat16, int8 or float32 (same as --codec).")] = "float16",
+    codec: Annotated[Optional[str], typer.Option(help="Target codec: float16 (default), bfloat16, int8, float32, or "
+                                                 "fitted per layer: pca, pq, compact (the recommended compact one).")] = None,
+    codec_error: Annotated[float, typer.Option(help="pca/pq: relative RMS error budget per layer (rank / sub-spaces "
+                                               "are chosen to meet it on the fitting sample).")] = DEFAULT_CODEC_ERROR,
+    fit_seconds: Annotated[float, typer.Option(help="pca/pq: seconds of audio of the first split to fit on.")] = 120.0,
     shard_hours: Annotated[float, typer.Option(help="Audio per shard (one task each).")] = 1.0,
     batch_seconds: Annotated[float, typer.Option(help="Padded audio per teacher batch.")] = 200.0,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
@@ -95,9 +103,10 @@ def extract(
     with extract_progress(out) as progress:
         summary = run_extract(
             teacher, libri_root, _split_list(splits), out, layers=layers, cnn_features=cnn_features,
-            dtype=dtype, shard_hours=shard_hours, batch_seconds=batch_seconds, device=device,
+            dtype=_codec_name(codec, dtype), shard_hours=shard_hours, batch_seconds=batch_seconds, device=device,
             precision=precision, workers=workers, threads=threads, scheduler=scheduler,
-            on_bad_audio=on_bad_audio, overwrite=overwrite, progress=progress,
+            on_bad_audio=on_bad_audio, overwrite=overwrite, progress=progress, codec_error=codec_error,
+            fit_seconds=fit_seconds,
         )
     print_extract_summary(summary)
 
@@ -291,6 +300,16 @@ def demo(
     from fhb.stages.demo import run_demo
 
     run_demo(out, steps)
+
+
+def _codec_name(codec: str | None, dtype: str) -> str:
+    """``--codec`` wins; ``--dtype`` (its old name) must then be left at its default or agree."""
+    if codec is None:
+        return dtype
+    if dtype not in ("float16", codec):
+        raise FhbError(f"--codec {codec} and --dtype {dtype}: expected one of the two (--dtype is --codec's old "
+                       f"name); drop --dtype")
+    return codec
 
 
 def _split_list(value: str) -> list[str]:

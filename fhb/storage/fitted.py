@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from fhb.errors import FhbError
 from fhb.storage.codecs import TargetCodec
 from fhb.storage.schema import FITTED_KINDS, FittedSpec, LakeMeta, param_info
 
@@ -236,3 +237,37 @@ def with_fitted(meta: LakeMeta, codecs: Mapping[str, FittedCodec]) -> LakeMeta:
     codec = TargetCodec.default(kind, chunk_frames=meta.codec.chunk_frames,
                                 samples_per_frame=meta.samples_per_frame)
     return replace(meta, dtype=kind, codec=codec, fitted={k: v.spec() for k, v in codecs.items()})
+
+
+COMPACT = "pca"
+"""What ``--codec compact`` means: the recommended compact codec (see docs/benchmarks.md)."""
+CODEC_NAMES: tuple[str, ...] = ("float16", "bfloat16", "int8", "float32", "pca", "pq", "compact")
+
+
+def resolve_codec(name: str) -> str:
+    """A ``--codec`` name -> the lake dtype it stands for (``compact`` -> `COMPACT`); `FhbError` if unknown."""
+    if name not in CODEC_NAMES:
+        raise FhbError(f"--codec {name!r}: expected one of {', '.join(CODEC_NAMES)}; pick one of those "
+                       f"(`compact` is the recommended compact codec, float16 the default)")
+    return COMPACT if name == "compact" else name
+
+
+def check_budget(budget: float) -> float:
+    """A ``--codec-error`` value: a relative RMS error in (0, 1); `FhbError` otherwise."""
+    if not (isinstance(budget, (int, float)) and 0 < budget < 1):
+        raise FhbError(f"--codec-error {budget!r}: expected a relative RMS error between 0 and 1 (e.g. "
+                       f"{DEFAULT_ERROR_BUDGET}); pass a fraction, not a percentage")
+    return float(budget)
+
+
+def frame_sample(arrays: Mapping[str, list[np.ndarray]], max_frames: int, seed: int) -> dict[str, np.ndarray]:
+    """``{array: [T_i x D, ...]}`` -> ``{array: N x D}`` with at most ``max_frames`` frames drawn
+    (seeded, the same rows for every array) from their concatenation."""
+    out = {}
+    for name, parts in arrays.items():
+        x = np.concatenate(parts).astype(np.float32, copy=False)
+        if len(x) > max_frames:
+            rows = np.sort(np.random.default_rng(seed).choice(len(x), size=max_frames, replace=False))
+            x = x[rows]
+        out[name] = x
+    return out
