@@ -112,11 +112,14 @@ def extract(
 
 
 @app.command()
-def inspect(lake: Annotated[Path, typer.Argument(help="A lake written by fhb extract.")]) -> None:
-    """Per split: utterances, hours, shards, layers, dtype, bytes on disk, bytes per frame per layer."""
+def inspect(
+    lake: Annotated[Path, typer.Argument(help="A lake written by fhb extract.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+) -> None:
+    """Per split: utterances, hours, shards, bytes on disk, bytes per frame per layer; per layer: codec and error."""
     from fhb.stages.lake_views import inspect_lake
 
-    inspect_lake(lake)
+    inspect_lake(lake, as_json=as_json)
 
 
 @app.command()
@@ -135,6 +138,25 @@ def unlock(lake: Annotated[Path, typer.Argument(help="A lake whose extraction wa
 
     info = break_lock(lake)
     typer.echo(f"cleared lock of {lake}: {info.describe()}" if info else f"{lake} was not locked")
+
+
+@app.command()
+def transcode(
+    lake: Annotated[Path, typer.Argument(help="The lake to re-encode (read only).")],
+    out: Annotated[Path, typer.Option(help="The new lake (rerun to resume).")],
+    codec: Annotated[str, typer.Option(help="float16, bfloat16, int8, float32, pca, pq or compact.")],
+    codec_error: Annotated[float, typer.Option(help="pca/pq: relative RMS error budget per layer.")] = DEFAULT_CODEC_ERROR,
+    fit_seconds: Annotated[float, typer.Option(help="pca/pq: seconds of the first split's audio to fit on.")] = 120.0,
+    seed: Annotated[int, typer.Option(help="Seed of the fitting sample.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a lake of another layout at --out.")] = False,
+) -> None:
+    """Re-encode a lake's targets with another codec (no teacher needed); audio, index and teacher are copied."""
+    from fhb.stages.transcode import run_transcode
+
+    s = run_transcode(lake, out, codec, codec_error=codec_error, fit_seconds=fit_seconds, seed=seed,
+                      overwrite=overwrite)
+    typer.echo(f"transcoded {s.source} -> {s.lake} ({s.codec}): {s.shards_done} shards written, "
+               f"{s.shards_resumed} kept, {s.utterances} utterances, {s.wall_seconds:.1f} s")
 
 
 lake_app = typer.Typer(help="Maintain an existing lake.", no_args_is_help=True)
@@ -283,12 +305,18 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(help="Utterances per batch.")] = 8,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     max_batches: Annotated[Optional[int], typer.Option(help="Stop after this many batches.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (per_layer, validation_loss, ...) "
+                                          "instead of a table.")] = False,
 ) -> None:
-    """Per-layer distillation losses of a run's student on one split of a lake (a table)."""
+    """Per-layer distillation losses of a run's student on one split of a lake (a table, or --json)."""
     from fhb.stages.evaluate import evaluate_run
 
-    evaluate_run(run, cache, split, step=step, checkpoint=checkpoint, batch_size=batch_size, device=device,
-                 max_batches=max_batches, show=True)
+    result = evaluate_run(run, cache, split, step=step, checkpoint=checkpoint, batch_size=batch_size, device=device,
+                          max_batches=max_batches, show=not as_json)
+    if as_json:
+        import json
+
+        print(json.dumps(result, indent=2))
 
 
 @app.command()
