@@ -63,7 +63,7 @@ from fhb.nn.frames import conv_output_length, conv_output_lengths
 from fhb.storage.codecs import TargetCodec
 from fhb.training.target_decoder import TargetDecoder
 from fhb.training.epoch import EpochPlan, PlanEntry, PlannedBatch, check_batching, plan_epoch
-from fhb.storage.schema import AUDIO_ARRAY, CNN_ARRAY, layer_array_name, scale_array_name
+from fhb.storage.schema import AUDIO_ARRAY, CNN_ARRAY, LakeMeta, layer_array_name, scale_array_name
 from fhb.storage.reader import ArrayRows, Lake, ShardView, UttEntry, open_lake
 
 logger = logging.getLogger(__name__)
@@ -438,7 +438,7 @@ class _WindowReader:
         codec.decode(q, scales, first_frame=start, out=out)
 
 
-def _code_width(meta: Any, layers: Sequence[int]) -> int:
+def _code_width(meta: LakeMeta, layers: Sequence[int]) -> int:
     """Widest code of ``layers`` in a pca/pq lake (the batch's ``W``)."""
     return max(meta.fitted[layer_array_name(k)].width for k in layers)
 

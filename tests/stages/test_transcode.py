@@ -17,7 +17,7 @@ from fhb.stages.transcode import run_transcode
 from fhb.storage.fitted import rel_rms
 from fhb.storage.integrity import verify_lake
 from fhb.storage.reader import open_lake
-from tests.stages.test_distill import TINY, _run, build_lake
+from tests.stages.test_distill import _run, build_lake
 
 TRAIN, DEV = "train-clean-100", "dev-clean"
 

@@ -85,3 +85,22 @@ def test_verify_checks_the_codec_parameters(tmp_path: Path) -> None:
     assert any("layer_02/basis" in str(f) for f in errors), errors
     with pytest.raises(FhbError, match="layer_02/basis"):
         open_lake(path)["train"]
+
+
+def test_storage_stays_free_of_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, fhb.storage, fhb.storage.fitted, fhb.storage.fitted_store; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"
+
+
+def test_unknown_codec_and_budget_refused() -> None:
+    from fhb.storage.fitted import check_budget, resolve_codec
+
+    assert resolve_codec("compact") in ("pca", "pq") and resolve_codec("float16") == "float16"
+    with pytest.raises(FhbError, match="--codec 'lilcom': expected one of"):
+        resolve_codec("lilcom")
+    with pytest.raises(FhbError, match="--codec-error 0: expected"):
+        check_budget(0)
