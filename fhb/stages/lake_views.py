@@ -99,7 +99,7 @@ def inspect_lake(path: Path, as_json: bool = False) -> None:
     console.print(table)
     layers = Table(title=f"layers ({s.bytes_per_frame_per_layer:.0f} B/frame/layer on average"
                          + (f"; codec parameters {_gb(s.codec_param_bytes)}" if s.codec_param_bytes else "") + ")")
-    for col in ("layer", "codec", "width", "rel. RMS error (fit sample)", "budget", "bytes/frame"):
+    for col in ("layer", "codec", "width", "rel. RMS error (held out)", "budget", "bytes/frame"):
         layers.add_column(col, justify="right" if col != "layer" else "left")
     for name, ly in s.layers_detail.items():
         layers.add_row(name, ly.codec, str(ly.width), "-" if ly.rel_rms is None else f"{ly.rel_rms:.4f}",

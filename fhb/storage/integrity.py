@@ -253,7 +253,7 @@ class LayerSummary:
 
     ``codec``: the lake's dtype (elementwise) or the fitted kind; ``width``: stored values per
     frame (``D``, or the pca rank / pq sub-spaces); ``rel_rms``: relative RMS error measured on
-    the fitting sample (fitted codecs; None for elementwise ones); ``budget``: the error budget
+    the held-out frames of the fitting sample (fitted codecs; None for elementwise ones); ``budget``: the error budget
     it was fitted for; ``bytes_per_frame``: bytes on disk of the layer's arrays over all splits
     per frame (int8 scales included).
     """

@@ -323,7 +323,7 @@ class FittedSpec:
 
     ``kind`` (``pca``/``pq``, `FITTED_KINDS`), ``width`` (codes per frame: the stored array is
     ``T x width``), ``dim`` (decoded width ``D``), ``rel_rms`` (relative RMS error measured on the
-    fitting sample), ``budget`` (the error budget it was fitted for) and ``params``
+    held-out frames of the fitting sample), ``budget`` (the error budget it was fitted for) and ``params``
     (``{name: {"shape", "dtype", "sha256"}}``, `param_info`) of the arrays at `fitted_param_path`.
     """
 
