@@ -223,8 +223,7 @@ def _kmeans(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     for _ in range(_KMEANS_ITERS):
         a = _nearest(x, c)
         counts = np.bincount(a, minlength=k).astype(np.float32)
-        sums = np.zeros_like(c)
-        np.add.at(sums, a, x)
+        sums = np.stack([np.bincount(a, weights=x[:, j], minlength=k) for j in range(x.shape[1])], axis=1)
         empty = counts == 0
         c[~empty] = sums[~empty] / counts[~empty, None]
         if empty.any():  # re-seed empty clusters on random rows
