@@ -15,7 +15,7 @@ import typer
 from fhb import __version__
 from fhb.errors import FhbError
 
-DEFAULT_CODEC_ERROR = 0.05
+DEFAULT_CODEC_ERROR = 0.1
 """`fhb.storage.fitted.DEFAULT_ERROR_BUDGET`, repeated to keep ``fhb --help`` import-free (a test checks)."""
 
 app = typer.Typer(
