@@ -10,7 +10,7 @@ import pytest
 
 from fhb.errors import FhbError
 from fhb.stages.extract import run_extract
-from fhb.storage.fitted import DEFAULT_ERROR_BUDGET, rel_rms
+from fhb.storage.fitted import DEFAULT_ERROR_BUDGET, rel_rms, resolve_codec
 from fhb.storage.integrity import verify_lake
 from fhb.storage.reader import open_lake
 
@@ -35,7 +35,7 @@ def test_extract_compact_codec(codec: str, tiny_teacher_path: Path, libri_root: 
                                tmp_path: Path) -> None:
     out = _extract(tiny_teacher_path, libri_root, tmp_path / "lake", dtype=codec, codec_error=0.1).lake
     lake, ref = open_lake(out), open_lake(f32)
-    assert lake.meta.dtype == ("pca" if codec == "compact" else codec)
+    assert lake.meta.dtype == resolve_codec(codec)
     assert set(lake.meta.fitted) == {f"layer_{k:02d}" for k in lake.meta.layers}
     assert [f for f in verify_lake(out) if f.severity == "error"] == []
     for split in SPLITS:

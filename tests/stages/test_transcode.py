@@ -14,7 +14,7 @@ import pytest
 
 from fhb.errors import FhbError
 from fhb.stages.transcode import run_transcode
-from fhb.storage.fitted import rel_rms
+from fhb.storage.fitted import COMPACT, rel_rms
 from fhb.storage.integrity import verify_lake
 from fhb.storage.reader import open_lake
 from tests.stages.test_distill import _run, build_lake
@@ -60,9 +60,9 @@ def test_cli_inspect_json_distill_and_evaluate_json(source: Path, tmp_path: Path
     _cli("transcode", str(source), "--out", str(compact), "--codec", "compact", "--codec-error", "0.1",
          "--fit-seconds", "30")
     info = json.loads(_cli("inspect", str(compact), "--json"))
-    assert info["dtype"] == "pca" and set(info["layers_detail"]) == {"layer_01", "layer_02", "layer_03"}
+    assert info["dtype"] == COMPACT and set(info["layers_detail"]) == {"layer_01", "layer_02", "layer_03"}
     for layer in info["layers_detail"].values():
-        assert layer["codec"] == "pca" and layer["rel_rms"] <= 0.1 and 0 < layer["width"] < info["dim"]
+        assert layer["codec"] == COMPACT and layer["rel_rms"] <= 0.1 and 0 < layer["width"] <= info["dim"]
     f16 = json.loads(_cli("inspect", str(source), "--json"))
     assert f16["layers_detail"]["layer_01"]["rel_rms"] is None
     assert 0 < info["bytes_per_frame_per_layer"] < f16["bytes_per_frame_per_layer"]
