@@ -16,6 +16,9 @@ import typer
 from fhb import __version__
 from fhb.errors import FhbError
 
+DEFAULT_CODEC_ERROR = 0.1
+"""`fhb.storage.fitted.DEFAULT_ERROR_BUDGET`, repeated to keep ``fhb --help`` import-free (a test checks)."""
+
 app = typer.Typer(
     name="fhb",
     help="FitHuBERT distillation around a feature lake: run the teacher once, train students from cached targets.",
@@ -78,7 +81,12 @@ def extract(
     splits: Annotated[str, typer.Option(help="Comma-separated splits, e.g. train-clean-100,dev-clean.")] = "train-clean-100,dev-clean",
     layers: Annotated[str, typer.Option(help="'all' or teacher layers like 1,4,8,12.")] = "all",
     cnn_features: Annotated[bool, typer.Option("--cnn-features", help="Also store post_extract_proj output.")] = False,
-    dtype: Annotated[str, typer.Option(help="float16, bfloat16, int8 or float32.")] = "float16",
+    dtype: Annotated[str, typer.Option(help="float16, bfloat16, int8 or float32 (same as --codec).")] = "float16",
+    codec: Annotated[Optional[str], typer.Option(help="Target codec: float16 (default), bfloat16, int8, float32, or "
+                                                 "fitted per layer: pca, pq, compact (the recommended compact one).")] = None,
+    codec_error: Annotated[float, typer.Option(help="pca/pq: relative RMS error budget per layer (rank / sub-spaces "
+                                               "are chosen to meet it on the fitting sample).")] = DEFAULT_CODEC_ERROR,
+    fit_seconds: Annotated[float, typer.Option(help="pca/pq: seconds of audio of the first split to fit on.")] = 120.0,
     shard_hours: Annotated[float, typer.Option(help="Audio per shard (one task each).")] = 1.0,
     batch_seconds: Annotated[float, typer.Option(help="Padded audio per teacher batch.")] = 200.0,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
@@ -97,19 +105,23 @@ def extract(
     with extract_progress(out) as progress:
         summary = run_extract(
             teacher, libri_root, _split_list(splits), out, layers=layers, cnn_features=cnn_features,
-            dtype=dtype, shard_hours=shard_hours, batch_seconds=batch_seconds, device=device,
+            dtype=_codec_name(codec, dtype), shard_hours=shard_hours, batch_seconds=batch_seconds, device=device,
             precision=precision, workers=workers, threads=threads, scheduler=scheduler,
-            on_bad_audio=on_bad_audio, overwrite=overwrite, progress=progress, order=order,
+            on_bad_audio=on_bad_audio, overwrite=overwrite, progress=progress, order=order, codec_error=codec_error,
+            fit_seconds=fit_seconds,
         )
     print_extract_summary(summary)
 
 
 @app.command()
-def inspect(lake: Annotated[Path, typer.Argument(help="A lake written by fhb extract.")]) -> None:
-    """Per split: utterances, hours, shards, layers, dtype, bytes on disk, bytes per frame per layer."""
+def inspect(
+    lake: Annotated[Path, typer.Argument(help="A lake written by fhb extract.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+) -> None:
+    """Per split: utterances, hours, shards, bytes on disk, bytes per frame per layer; per layer: codec and error."""
     from fhb.stages.lake_views import inspect_lake
 
-    inspect_lake(lake)
+    inspect_lake(lake, as_json=as_json)
 
 
 @app.command()
@@ -128,6 +140,25 @@ def unlock(lake: Annotated[Path, typer.Argument(help="A lake whose extraction wa
 
     info = break_lock(lake)
     typer.echo(f"cleared lock of {lake}: {info.describe()}" if info else f"{lake} was not locked")
+
+
+@app.command()
+def transcode(
+    lake: Annotated[Path, typer.Argument(help="The lake to re-encode (read only).")],
+    out: Annotated[Path, typer.Option(help="The new lake (rerun to resume).")],
+    codec: Annotated[str, typer.Option(help="float16, bfloat16, int8, float32, pca, pq or compact.")],
+    codec_error: Annotated[float, typer.Option(help="pca/pq: relative RMS error budget per layer.")] = DEFAULT_CODEC_ERROR,
+    fit_seconds: Annotated[float, typer.Option(help="pca/pq: seconds of the first split's audio to fit on.")] = 120.0,
+    seed: Annotated[int, typer.Option(help="Seed of the fitting sample.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a lake of another layout at --out.")] = False,
+) -> None:
+    """Re-encode a lake's targets with another codec (no teacher needed); audio, index and teacher are copied."""
+    from fhb.stages.transcode import run_transcode
+
+    s = run_transcode(lake, out, codec, codec_error=codec_error, fit_seconds=fit_seconds, seed=seed,
+                      overwrite=overwrite)
+    typer.echo(f"transcoded {s.source} -> {s.lake} ({s.codec}): {s.shards_done} shards written, "
+               f"{s.shards_resumed} kept, {s.utterances} utterances, {s.wall_seconds:.1f} s")
 
 
 lake_app = typer.Typer(help="Maintain an existing lake.", no_args_is_help=True)
@@ -296,12 +327,18 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(help="Utterances per batch.")] = 8,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     max_batches: Annotated[Optional[int], typer.Option(help="Stop after this many batches.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (per_layer, validation_loss, ...) "
+                                          "instead of a table.")] = False,
 ) -> None:
-    """Per-layer distillation losses of a run's student on one split of a lake (a table)."""
+    """Per-layer distillation losses of a run's student on one split of a lake (a table, or --json)."""
     from fhb.stages.evaluate import evaluate_run
 
-    evaluate_run(run, cache, split, step=step, checkpoint=checkpoint, batch_size=batch_size, device=device,
-                 max_batches=max_batches, show=True)
+    result = evaluate_run(run, cache, split, step=step, checkpoint=checkpoint, batch_size=batch_size, device=device,
+                          max_batches=max_batches, show=not as_json)
+    if as_json:
+        import json
+
+        print(json.dumps(result, indent=2))
 
 
 @app.command()
@@ -313,6 +350,16 @@ def demo(
     from fhb.stages.demo import run_demo
 
     run_demo(out, steps)
+
+
+def _codec_name(codec: str | None, dtype: str) -> str:
+    """``--codec`` wins; ``--dtype`` (its old name) must then be left at its default or agree."""
+    if codec is None:
+        return dtype
+    if dtype not in ("float16", codec):
+        raise FhbError(f"--codec {codec} and --dtype {dtype}: expected one of the two (--dtype is --codec's old "
+                       f"name); drop --dtype")
+    return codec
 
 
 def _split_list(value: str) -> list[str]:

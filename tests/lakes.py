@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from fhb.storage import LakeMeta, LakeWriter, ShardWriter
+from fhb.storage.fitted import FittedCodec
 
 
 @dataclass
@@ -46,9 +47,10 @@ def write_shard(lake: Path, split: str, shard: str, meta: LakeMeta, utts: Sequen
 
 
 def write_lake(path: Path, meta: LakeMeta, plan: Mapping[str, Mapping[str, Sequence[Utt]]],
-               **shard_kw: object) -> Path:
-    """Create the lake ``path`` with ``meta`` and write ``plan`` (splits and shards listed in order)."""
-    with LakeWriter(path, meta) as lake:
+               fitted: Mapping[str, FittedCodec] | None = None, **shard_kw: object) -> Path:
+    """Create the lake ``path`` with ``meta`` and write ``plan`` (splits and shards listed in order);
+    ``fitted``: the codecs of a pca/pq lake (`fhb.storage.fitted.with_fitted`)."""
+    with LakeWriter(path, meta, fitted=fitted) as lake:
         for split, shards in plan.items():
             for shard, utts in shards.items():
                 write_shard(path, split, shard, lake.meta, utts, **shard_kw)

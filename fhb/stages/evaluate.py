@@ -59,7 +59,8 @@ def evaluate_run(
     Returns:
         ``{"run", "checkpoint", "step", "lake", "split", "batches", "utterances",
         "layer_losses": {"layer_KK": float}, "weights": {"layer_KK": float}, "dev_loss", "total",
-        "seconds"}``.
+        "seconds", "per_layer", "validation_loss"}``; ``per_layer`` is ``layer_losses`` and
+        ``validation_loss`` is ``dev_loss`` (the published dev metric) under the names ``--json`` promises.
 
     Raises:
         FhbError: no student, a student in the inference layout, or a lake whose teacher does not
@@ -106,6 +107,8 @@ def evaluate_run(
         "dev_loss": res.last,
         "total": res.total,
         "seconds": res.seconds,
+        "per_layer": dict(res.layers),
+        "validation_loss": res.last,
     }
     log.info("evaluated %s on %s/%s: last-layer loss %.6g over %d utterances", found.source, cache, split,
              result["dev_loss"], res.utterances)

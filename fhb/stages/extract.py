@@ -32,9 +32,12 @@ from fhb.pipeline.corpus import Manifest, scan_librispeech
 from fhb.pipeline.lake_teacher import store_teacher
 from fhb.pipeline.precision import check_precision, check_precision_name
 from fhb.pipeline.teacher import Teacher, TeacherSpec, load_teacher, read_teacher_spec
+from fhb.stages.codec_fit import FIT_SECONDS, collect_sample, fitted_layout, resumable_codecs
 from fhb.stages.shard_plan import ORDERS, ShardJob, plan_shards
 from fhb.storage import LakeMeta, LakeWriter, ShardWriter, SplitInfo, TeacherMeta
-from fhb.storage.schema import json_config
+from fhb.storage.codecs import FITTED_DTYPES
+from fhb.storage.fitted import DEFAULT_ERROR_BUDGET, FittedCodec, check_budget, resolve_codec, with_fitted
+from fhb.storage.schema import json_config, layer_array_name
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +258,9 @@ def run_extract(
     overwrite: bool = False,
     progress: Any = None,
     order: str = "length",
+    codec_error: float = DEFAULT_ERROR_BUDGET,
+    fit_seconds: float = FIT_SECONDS,
+    seed: int = 0,
 ) -> ExtractSummary:
     """Extract ``splits`` of the corpus at ``libri_root`` with ``teacher`` into the lake ``out``.
 
@@ -265,7 +271,8 @@ def run_extract(
         out: the lake directory (created, or reopened to resume).
         layers: ``all`` or ``1,4,8,12`` (teacher numbering).
         cnn_features: also store the ``post_extract_proj`` output.
-        dtype: ``float16`` (default), ``bfloat16``, ``int8`` or ``float32``.
+        dtype: the codec (``--codec``): ``float16`` (default), ``bfloat16``, ``int8``, ``float32``, or a
+            fitted compact codec, ``pca`` / ``pq`` / ``compact`` (`fhb.storage.fitted`).
         shard_hours: audio per shard (one dask task each).
         batch_seconds: padded audio per teacher batch.
         device: ``cpu`` or ``cuda``.
@@ -281,6 +288,8 @@ def run_extract(
         order: storage order of each split's utterances: ``length`` (longest first: neighbouring
             rows have about equal lengths, so training batches pad little and read contiguous
             rows) or ``manifest`` (by id; resumes a lake written before length order existed).
+        codec_error: pca/pq: the relative RMS error budget per layer (``--codec-error``).
+        fit_seconds: pca/pq: seconds of the first split's audio (drawn with ``seed``) the codecs are fitted on.
     """
     from fhb.pipeline.cluster import default_workers, dask_client, threads_per_worker
 
@@ -291,6 +300,13 @@ def run_extract(
     if not (0 < shard_hours < math.inf and 0 < batch_seconds < math.inf):  # NaN fails too
         raise FhbError(f"--shard-hours and --batch-seconds must be positive numbers; found {shard_hours}, {batch_seconds}")
     _check_run_options(workers, threads, device, precision, scheduler)
+    dtype = resolve_codec(dtype)
+    fitted_kind = dtype if dtype in FITTED_DTYPES else None
+    if fitted_kind is not None:
+        check_budget(codec_error)
+        if cnn_features:
+            raise FhbError(f"--codec {dtype} with --cnn-features: expected CNN features in a float16/bfloat16/int8/"
+                           f"float32 lake only (fitted codecs encode the layers); drop one of the two")
     if not Path(teacher).is_file():
         raise FhbError(f"--teacher {teacher}: no such file; pass a fairseq HuBERT/wav2vec 2.0 checkpoint (.pt)")
     started = time.perf_counter()
@@ -308,7 +324,7 @@ def run_extract(
     meta = LakeMeta(
         teacher=_teacher_meta(spec),
         layers=parse_layers(layers, spec.num_layers),
-        dtype=dtype,
+        dtype="float16" if fitted_kind else dtype,
         cnn_features=cnn_features,
         cnn_dim=spec.dim if cnn_features else None,
         splits={s: SplitInfo() for s in splits},
@@ -321,7 +337,16 @@ def run_extract(
     )
     plans = plan_shards(manifest, splits, shard_hours, include_problems=on_bad_audio == "skip", order=order)
     summary = ExtractSummary(lake=Path(out))
-    with _lake_write_errors(Path(out)), LakeWriter(out, meta, overwrite=overwrite) as lake:
+    fitted: dict[str, FittedCodec] | None = None
+    if fitted_kind is not None:
+        fitted = None if overwrite else resumable_codecs(Path(out), meta, fitted_kind, codec_error)
+        if fitted is None:
+            jobs = plans[splits[0]]
+            sample = _teacher_sample(opts, [u for job in jobs for u in job.utterances], fit_seconds, seed)
+            meta, fitted = fitted_layout(meta, fitted_kind, codec_error, sample, seed)
+        else:
+            meta = with_fitted(meta, fitted)
+    with _lake_write_errors(Path(out)), LakeWriter(out, meta, overwrite=overwrite, fitted=fitted) as lake:
         store_teacher(lake, teacher, sha256=spec.sha256)  # stage two needs nothing but the lake
         meta = lake.meta
         for split, jobs in plans.items():  # committed shards must hold the planned utterances
@@ -364,6 +389,24 @@ def run_extract(
             lake.list_split(split, [job.name for job in plans[split]])
     summary.wall_seconds = time.perf_counter() - started
     return summary
+
+
+def _teacher_sample(opts: ExtractOptions, utts: Sequence[Any], seconds: float, seed: int) -> dict[str, np.ndarray]:
+    """``{layer array: N x D}`` teacher outputs on a seeded sample of ``utts`` (the codecs' fitting sample)."""
+    teacher = _worker_teacher(opts)
+    names = [layer_array_name(k) for k in opts.layers]
+
+    def targets_of(i: int) -> dict[str, np.ndarray]:
+        try:
+            audio = load_audio_int16(utts[i].path)
+        except AudioError:
+            return {}
+        wav = teacher.prepare(torch.from_numpy(audio.astype(np.float32) / 32768.0))
+        out = teacher.extract([wav], layers=opts.layers)[0].numpy()
+        return {name: out[j] for j, name in enumerate(names)}
+
+    log.info("fitting the lake's codecs on about %.0f s of audio", seconds)
+    return collect_sample([u.num_samples for u in utts], targets_of, seconds, seed)
 
 
 _LAKE_WRITE_ERRORS = {

@@ -69,11 +69,17 @@ def print_extract_summary(summary: ExtractSummary) -> None:
         console.print(f"[yellow]… and {len(summary.skipped) - 20} more (listed in each shard's attributes)")
 
 
-def inspect_lake(path: Path) -> None:
-    """``fhb inspect``: a table per split of what the lake holds and what it costs on disk."""
+def inspect_lake(path: Path, as_json: bool = False) -> None:
+    """``fhb inspect``: a table per split of what the lake holds and what it costs on disk, and per
+    layer its codec and measured error (``as_json``: the same as one JSON object on stdout)."""
     if not path.exists():
         raise FhbError(f"lake {path}: no such directory; pass the --out of an `fhb extract` run")
     s = summarize_lake(path)
+    if as_json:
+        import json
+
+        print(json.dumps(s.to_dict(), indent=2))
+        return
     head = Table(title=f"lake {escape(s.path)}", show_header=False)
     for key, value in [
         ("format / fhb version", f"{s.format_version} / {s.fhb_version}"),
@@ -91,6 +97,14 @@ def inspect_lake(path: Path) -> None:
         table.add_row(name, str(sp.utterances), f"{sp.hours:.3f}", str(sp.shards), _gb(sp.bytes_on_disk),
                       f"{sp.bytes_per_frame_per_layer:.0f}", f"{sp.compression_ratio:.2f}x")
     console.print(table)
+    layers = Table(title=f"layers ({s.bytes_per_frame_per_layer:.0f} B/frame/layer on average"
+                         + (f"; codec parameters {_gb(s.codec_param_bytes)}" if s.codec_param_bytes else "") + ")")
+    for col in ("layer", "codec", "width", "rel. RMS error (held out)", "budget", "bytes/frame"):
+        layers.add_column(col, justify="right" if col != "layer" else "left")
+    for name, ly in s.layers_detail.items():
+        layers.add_row(name, ly.codec, str(ly.width), "-" if ly.rel_rms is None else f"{ly.rel_rms:.4f}",
+                       "-" if ly.budget is None else f"{ly.budget:g}", f"{ly.bytes_per_frame:.1f}")
+    console.print(layers)
 
 
 def verify(path: Path) -> int:

@@ -34,12 +34,17 @@ from fhb.errors import FhbError
 logger = logging.getLogger(__name__)
 
 DTYPES: tuple[str, ...] = ("float16", "bfloat16", "int8", "float32")
+FITTED_DTYPES: tuple[str, ...] = ("pca", "pq")
+"""Per-array fitted codecs (`fhb.storage.fitted`): the lake's codec stores only their codes; the
+fitted parameters live in ``LAKE/_codecs/`` (`fhb.storage.schema.FittedSpec`)."""
 
 STORED_DTYPES: dict[str, np.dtype] = {
     "float32": np.dtype(np.float32),
     "float16": np.dtype(np.float16),
     "bfloat16": np.dtype(np.uint16),
     "int8": np.dtype(np.int8),
+    "pca": np.dtype(np.int8),
+    "pq": np.dtype(np.uint8),
 }
 
 ENCODINGS: dict[str, str] = {
@@ -47,6 +52,8 @@ ENCODINGS: dict[str, str] = {
     "float16": "float16",
     "bfloat16": "bfloat16-bits-as-uint16",
     "int8": "int8-affine-per-channel-block",
+    "pca": "pca-int8-codes",
+    "pq": "pq-uint8-codes",
 }
 
 SHUFFLES = ("noshuffle", "shuffle", "bitshuffle")
@@ -79,8 +86,8 @@ class TargetCodec:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.dtype not in DTYPES:
-            problems.append(f"dtype one of {list(DTYPES)}, found {self.dtype!r}")
+        if self.dtype not in DTYPES + FITTED_DTYPES:
+            problems.append(f"dtype one of {list(DTYPES + FITTED_DTYPES)}, found {self.dtype!r}")
         if not (isinstance(self.chunk_frames, int) and self.chunk_frames > 0):
             problems.append(f"chunk_frames > 0, found {self.chunk_frames!r}")
         if not (isinstance(self.audio_chunk_samples, int) and self.audio_chunk_samples > 0):
@@ -127,7 +134,7 @@ class TargetCodec:
         """JSON-able dict for the ``codec`` root attribute (adds the encoding's name)."""
         d = asdict(self)
         d["encoding"] = ENCODINGS.get(self.dtype, self.dtype)
-        d["stored_dtype"] = str(self.stored_dtype) if self.dtype in DTYPES else None
+        d["stored_dtype"] = str(self.stored_dtype) if self.dtype in STORED_DTYPES else None
         return d
 
     @classmethod
@@ -159,6 +166,11 @@ class TargetCodec:
         return STORED_DTYPES[self.dtype]
 
     @property
+    def fitted(self) -> bool:
+        """Whether targets are stored as codes of per-array fitted codecs (`FITTED_DTYPES`)."""
+        return self.dtype in FITTED_DTYPES
+
+    @property
     def has_scales(self) -> bool:
         """Whether every target array has a companion ``<name>_scale`` array (int8)."""
         return self.dtype == "int8"
@@ -188,6 +200,8 @@ class TargetCodec:
         non-finite values (or float16 overflow) raise `FhbError` naming ``what`` (the writer
         checks each utterance itself and passes ``check=False``).
         """
+        if self.fitted:
+            raise ValueError(f"TargetCodec.encode: {self.dtype} codes come from the array's FittedCodec")
         x = np.ascontiguousarray(x, dtype=np.float32)
         assert x.ndim == 2, f"Expected T x D, found {list(x.shape)}"
         if check:
@@ -214,6 +228,8 @@ class TargetCodec:
         For int8, ``first_frame`` is the absolute frame index of ``data[0]`` within its array and
         ``scales`` holds the scale rows from block ``first_frame // B`` on.
         """
+        if self.fitted:
+            raise ValueError(f"TargetCodec.decode: {self.dtype} codes are decoded by the array's FittedCodec")
         if out is None:
             out = np.empty(data.shape, dtype=np.float32)
         assert out.shape == data.shape, f"Expected out {list(data.shape)}, found {list(out.shape)}"

@@ -33,6 +33,8 @@ from fhb.storage.schema import (
 )
 from fhb.storage.layout import dir_size, list_split_dir, local_lake_dir, read_node_attrs
 from fhb.storage.teacher_store import ADD_TEACHER_FIX, teacher_leftovers, teacher_problems
+from fhb.storage.fitted_store import fitted_problems
+from fhb.storage.schema import CODECS_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +78,13 @@ def verify_lake(
     for split, info in meta.splits.items():
         findings += _verify_split(root, meta, split, frames_fn, check_chunks)
     findings += _verify_teacher(root, meta, check_chunks)
+    findings += [Finding("error", f"{root.name}/{CODECS_DIR}", f"{p}; re-create the lake (fhb extract/transcode "
+                         f"--codec {meta.dtype})") for p in fitted_problems(root, meta)]
     for e in sorted(root.iterdir()):
         if e.name == TEACHER_DIR or e.name.startswith((TEACHER_TMP_PREFIX, TEACHER_TRASH_PREFIX)):
             continue  # the stored teacher, checked above
+        if e.name == CODECS_DIR and meta.fitted:
+            continue  # fitted codec parameters, checked above
         if e.is_dir() and e.name not in meta.splits and (e / "zarr.json").is_file():
             findings.append(Finding("warning", f"{root.name}/{e.name}",
                                     "group is not a listed split; it is ignored by readers"))
@@ -242,6 +248,24 @@ class SplitSummary:
 
 
 @dataclass(frozen=True)
+class LayerSummary:
+    """What `summarize_lake` reports per stored layer: its codec and what it costs.
+
+    ``codec``: the lake's dtype (elementwise) or the fitted kind; ``width``: stored values per
+    frame (``D``, or the pca rank / pq sub-spaces); ``rel_rms``: relative RMS error measured on
+    the held-out frames of the fitting sample (fitted codecs; None for elementwise ones); ``budget``: the error budget
+    it was fitted for; ``bytes_per_frame``: bytes on disk of the layer's arrays over all splits
+    per frame (int8 scales included).
+    """
+
+    codec: str
+    width: int
+    rel_rms: float | None
+    budget: float | None
+    bytes_per_frame: float
+
+
+@dataclass(frozen=True)
 class LakeSummary:
     """What `summarize_lake` reports for ``fhb inspect``."""
 
@@ -257,6 +281,11 @@ class LakeSummary:
     codec: dict[str, Any]
     bytes_on_disk: int
     splits: dict[str, SplitSummary] = field(default_factory=dict)
+    layers_detail: dict[str, LayerSummary] = field(default_factory=dict)
+    bytes_per_frame_per_layer: float = 0.0
+    """Target bytes (the stored layers' arrays, all splits) per frame and layer."""
+    codec_param_bytes: int = 0
+    """Bytes of the fitted codecs' parameters (``_codecs/``), paid once per lake."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict."""
@@ -292,7 +321,23 @@ def summarize_lake(path: str | os.PathLike[str]) -> LakeSummary:
             bytes_per_frame_per_layer=target / n_values if n_values else 0.0,
             compression_ratio=n_values * meta.teacher.dim * 4 / target if target else 0.0,
         )
+    frames = sum(info.frames for info in meta.splits.values())
+    detail = {}
+    for k in meta.layers:
+        name = layer_array_name(k)
+        names = [name] + ([scale_array_name(name)] if meta.codec.has_scales else [])
+        size = sum(dir_size(root / split / shard / n) for split, info in meta.splits.items()
+                   for shard in info.shards for n in names)
+        spec = meta.fitted.get(name)
+        detail[name] = LayerSummary(
+            codec=spec.kind if spec else meta.dtype, width=spec.width if spec else meta.teacher.dim,
+            rel_rms=spec.rel_rms if spec else None, budget=spec.budget if spec else None,
+            bytes_per_frame=size / frames if frames else 0.0)
+    total = sum(d.bytes_per_frame for d in detail.values())
     return LakeSummary(
+        layers_detail=detail,
+        bytes_per_frame_per_layer=total / len(detail) if detail else 0.0,
+        codec_param_bytes=dir_size(root / CODECS_DIR) if (root / CODECS_DIR).exists() else 0,
         path=str(root),
         format_version=meta.format_version,
         fhb_version=meta.fhb_version,

@@ -29,6 +29,7 @@ from pathlib import Path
 from fhb.errors import FhbError
 import numpy as np
 
+from fhb.storage.fitted import FittedCodec
 from fhb.storage.layout import local_lake_dir, read_node_attrs
 from fhb.storage.lock import LakeLock
 from fhb.storage.schema import LakeMeta, ShardAttrs, SplitInfo, StoredTeacher, is_committed
@@ -45,10 +46,13 @@ class LakeWriter:
         path: the lake directory (local filesystem).
         meta: the layout to write (`LakeMeta`; its split listings are ignored: they start empty).
         overwrite: replace a lake of another layout (see `create_lake`).
+        fitted: the fitted codecs of a pca/pq lake (see `create_lake`).
     """
 
-    def __init__(self, path: str | os.PathLike[str], meta: LakeMeta, overwrite: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike[str], meta: LakeMeta, overwrite: bool = False,
+                 fitted: Mapping[str, FittedCodec] | None = None) -> None:
         self.path = Path(path)
+        self._fitted = fitted
         self._requested = meta
         self._overwrite = overwrite
         self._lock = LakeLock(self.path)
@@ -71,7 +75,7 @@ class LakeWriter:
     def __enter__(self) -> LakeWriter:
         self._lock.acquire()
         try:
-            self._meta = create_lake(self.path, self._requested, overwrite=self._overwrite)
+            self._meta = create_lake(self.path, self._requested, overwrite=self._overwrite, fitted=self._fitted)
         except BaseException:
             self._lock.release()
             raise

@@ -23,6 +23,8 @@ from zarr.storage import LocalStore
 
 from fhb.errors import FhbError
 from fhb.storage.codecs import TargetCodec, blosc_decode_items, check_blosc_frame
+from fhb.storage.fitted import FittedCodec
+from fhb.storage.fitted_store import read_fitted
 from fhb.storage.schema import (
     AUDIO_ARRAY,
     CNN_ARRAY,
@@ -57,8 +59,10 @@ class UttEntry:
 class ShardView:
     """Read access to one committed shard (frame ranges may cross utterances)."""
 
-    def __init__(self, store: Store, split: str, name: str, attrs: ShardAttrs, meta: LakeMeta):
+    def __init__(self, store: Store, split: str, name: str, attrs: ShardAttrs, meta: LakeMeta,
+                 fitted: dict[str, FittedCodec] | None = None):
         self._store = store
+        self.fitted: dict[str, FittedCodec] = fitted or {}
         self.split = split
         self.name = name
         self.attrs = attrs
@@ -153,6 +157,9 @@ class ShardView:
         if stop <= start:
             return out
         data = self.read_checked(name, start, stop)
+        fitted = self.fitted.get(name)
+        if fitted is not None:  # codes of the array's fitted codec (pca/pq lakes), decoded on the CPU
+            return fitted.decode(data, out=out)
         scales = None
         if self.codec.has_scales:
             b = self.codec.scale_block_frames or self.codec.chunk_frames
@@ -363,7 +370,7 @@ class ArrayRows:
 class SplitView:
     """One split: utterances in manifest order across its committed shards."""
 
-    def __init__(self, store: Store, name: str, meta: LakeMeta) -> None:
+    def __init__(self, store: Store, name: str, meta: LakeMeta, fitted: dict[str, FittedCodec] | None = None) -> None:
         self.name = name
         self.meta = meta
         info = meta.splits[name]
@@ -373,7 +380,7 @@ class SplitView:
             attrs = _read_shard_attrs(store, name, shard)
             if attrs is None:
                 continue
-            view = ShardView(store, name, shard, attrs, meta)
+            view = ShardView(store, name, shard, attrs, meta, fitted)
             self._shards[shard] = view
             idx = attrs.index
             for row, utt in enumerate(idx.utt_ids):
@@ -488,6 +495,14 @@ class Lake:
         self.attrs = attrs
         self.meta = LakeMeta.from_dict(attrs, f"lake {location}")
         self._splits: dict[str, SplitView] = {}
+        self._fitted: dict[str, FittedCodec] | None = None
+
+    @property
+    def fitted(self) -> dict[str, FittedCodec]:
+        """``{array: FittedCodec}`` of a pca/pq lake (loaded once, sha256-checked); empty otherwise."""
+        if self._fitted is None:
+            self._fitted = read_fitted(self._store, self.meta)
+        return self._fitted
 
     @property
     def splits(self) -> list[str]:
@@ -510,7 +525,7 @@ class Lake:
                     f"lake {self.location}: expected one of its splits {self.splits}, found "
                     f"{split!r}; extract that split first or pick a listed one"
                 )
-            view = self._splits[split] = SplitView(self._store, split, self.meta)
+            view = self._splits[split] = SplitView(self._store, split, self.meta, self.fitted)
         return view
 
     def __repr__(self) -> str:

@@ -21,6 +21,7 @@ as `TeacherWeights`). Adding a stored thing is a change here (plus the writer th
     LAKE/_teacher/model.safetensors         the teacher's weights (optional, `StoredTeacher`)
     LAKE/_teacher/teacher.json              what rebuilds it, StoredTeacher.to_dict()
     LAKE/_tmp_teacher_<hex>/                stored teacher being written (invisible to readers)
+    LAKE/_codecs/<array>/<param>/           fitted codec parameters (pca/pq lakes, `FittedSpec`)
 
 The full layout is written down in ``docs/lake-format.md``. numpy only (no zarr, no torch).
 """
@@ -39,7 +40,7 @@ import numpy as np
 
 from fhb.errors import FhbError
 from fhb.nn.frames import HUBERT_CONV_LAYERS, ConvSpec, conv_output_length, parse_conv_layers
-from fhb.storage.codecs import DTYPES, TargetCodec
+from fhb.storage.codecs import DTYPES, FITTED_DTYPES, TargetCodec
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,13 @@ TEACHER_FORMAT = "fhb-teacher"
 TEACHER_FORMAT_VERSION = 1
 TEACHER_TMP_PREFIX = f"{TMP_PREFIX}teacher_"
 TEACHER_TRASH_PREFIX = f"{TRASH_PREFIX}teacher_"
+
+# Fitted codecs (pca/pq lakes): LAKE/_codecs/<array>/<param>, recorded in the root as `FittedSpec`.
+CODECS_DIR = "_codecs"
+FITTED_ATTR = "fitted_codecs"
+FITTED_KINDS: dict[str, type] = {"pca": np.int8, "pq": np.uint8}
+"""Fitted codec kind -> numpy dtype of its stored codes."""
+FITTED_PARAMS: dict[str, tuple[str, ...]] = {"pca": ("basis", "mean", "scale"), "pq": ("centroids", "mean")}
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -295,6 +303,64 @@ class StoredTeacher:
         )
 
 
+def fitted_param_path(array: str, param: str) -> str:
+    """Store path of fitted parameter ``param`` of target array ``array``: ``_codecs/layer_03/basis``."""
+    return f"{CODECS_DIR}/{array}/{param}"
+
+
+def param_info(a: np.ndarray) -> dict[str, Any]:
+    """``{"shape", "dtype", "sha256"}`` of a fitted parameter (sha256 of its little-endian C-order bytes)."""
+    import hashlib
+
+    a = np.ascontiguousarray(a)
+    return {"shape": list(a.shape), "dtype": str(a.dtype),
+            "sha256": hashlib.sha256(memoryview(a.astype(a.dtype.newbyteorder("<"))).cast("B")).hexdigest()}
+
+
+@dataclass(frozen=True)
+class FittedSpec:
+    """What the root attribute ``fitted_codecs[array]`` records of one array's fitted codec.
+
+    ``kind`` (``pca``/``pq``, `FITTED_KINDS`), ``width`` (codes per frame: the stored array is
+    ``T x width``), ``dim`` (decoded width ``D``), ``rel_rms`` (relative RMS error measured on the
+    held-out frames of the fitting sample), ``budget`` (the error budget it was fitted for) and ``params``
+    (``{name: {"shape", "dtype", "sha256"}}``, `param_info`) of the arrays at `fitted_param_path`.
+    """
+
+    kind: str
+    width: int
+    dim: int
+    rel_rms: float
+    budget: float
+    params: dict[str, dict[str, Any]]
+
+    def __post_init__(self) -> None:
+        if self.kind not in FITTED_KINDS or self.width < 1 or self.dim < 1:
+            raise FhbError(f"fitted codec: expected kind in {list(FITTED_KINDS)}, width >= 1 and dim >= 1, found "
+                           f"{self.kind!r}, {self.width}, {self.dim}; the lake's metadata is damaged: re-extract it")
+        if sorted(self.params) != sorted(FITTED_PARAMS[self.kind]):
+            raise FhbError(f"fitted codec {self.kind}: expected parameters {list(FITTED_PARAMS[self.kind])}, found "
+                           f"{sorted(self.params)}; the lake's metadata is damaged: re-extract it")
+
+    @property
+    def code_dtype(self) -> np.dtype:
+        """numpy dtype of the stored codes."""
+        return np.dtype(FITTED_KINDS[self.kind])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (one entry of the ``fitted_codecs`` root attribute)."""
+        return {"kind": self.kind, "width": self.width, "dim": self.dim, "rel_rms": self.rel_rms,
+                "budget": self.budget, "params": {k: dict(v) for k, v in self.params.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str) -> FittedSpec:
+        """Parse one ``fitted_codecs`` entry."""
+        _require_keys(d, ("kind", "width", "dim", "rel_rms", "budget", "params"), where)
+        return cls(kind=_typed(d, "kind", str, where), width=_typed(d, "width", int, where),
+                   dim=_typed(d, "dim", int, where), rel_rms=float(d["rel_rms"]), budget=float(d["budget"]),
+                   params={k: dict(v) for k, v in _typed(d, "params", dict, where).items()})
+
+
 @dataclass(frozen=True)
 class SplitInfo:
     """Listing of one split: its committed shards in manifest order and their totals."""
@@ -354,6 +420,7 @@ class LakeMeta:
     fhb_version: str = ""
     format_version: int = FORMAT_VERSION
     teacher_weights: TeacherWeights | None = None
+    fitted: dict[str, FittedSpec] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Normalise (frozen: go through object.__setattr__) and validate once.
@@ -374,9 +441,13 @@ class LakeMeta:
             },
         )
         object.__setattr__(self, "layers", tuple(int(k) for k in self.layers))
-        if self.dtype not in DTYPES:
+        object.__setattr__(self, "fitted", {
+            k: v if isinstance(v, FittedSpec) else FittedSpec.from_dict(v, f"{FITTED_ATTR}[{k!r}]")
+            for k, v in (self.fitted or {}).items()
+        })
+        if self.dtype not in DTYPES + FITTED_DTYPES:
             raise FhbError(
-                f"lake dtype: expected one of {list(DTYPES)}, found {self.dtype!r}; pick one of those"
+                f"lake dtype: expected one of {list(DTYPES + FITTED_DTYPES)}, found {self.dtype!r}; pick one of those"
             )
         if self.codec is None:
             object.__setattr__(self, "codec", TargetCodec.default(self.dtype))
@@ -422,6 +493,19 @@ class LakeMeta:
             )
         for name in self.splits:
             check_name("split", name)
+        self._validate_fitted()
+
+    def _validate_fitted(self) -> None:
+        if self.dtype in FITTED_DTYPES and self.cnn_features:
+            raise FhbError(f"lake dtype {self.dtype}: expected no CNN features (fitted codecs encode the layers "
+                           f"only), found cnn_features; extract CNN features into a float16 lake")
+        want = set(self.target_arrays) if self.dtype in FITTED_DTYPES else set()
+        if set(self.fitted) != want or any(
+                f.kind != self.dtype or f.dim != self.teacher.dim for f in self.fitted.values()):
+            raise FhbError(
+                f"lake dtype {self.dtype}: expected fitted {self.dtype} codecs of width {self.teacher.dim} for "
+                f"{sorted(want)}, found {sorted(self.fitted)}; fit the codecs (fhb extract/transcode --codec)"
+            )
 
     def num_frames(self, num_samples: int) -> int:
         """Target frames of ``num_samples`` audio samples (`TeacherMeta.num_frames`)."""
@@ -446,6 +530,7 @@ class LakeMeta:
             "layers": list(self.layers),
             "dtype": self.dtype,
             "codec": self.codec.to_dict(),
+            "fitted": {k: v.to_dict() for k, v in self.fitted.items()},
             "cnn_features": self.cnn_features,
             "cnn_dim": self.cnn_dim,
             "frame_rate": self.frame_rate,
@@ -479,6 +564,7 @@ class LakeMeta:
             "sample_rate": self.sample_rate,
             "splits": {k: v.to_dict() for k, v in self.splits.items()},
             TEACHER_ATTR: self.teacher_weights.to_dict() if self.teacher_weights else None,
+            **({FITTED_ATTR: {k: v.to_dict() for k, v in self.fitted.items()}} if self.fitted else {}),
         }
 
     @classmethod
@@ -528,6 +614,8 @@ class LakeMeta:
                 k: SplitInfo.from_dict(v, f"{where}: split {k!r}") for k, v in splits.items()
             },
             teacher_weights=TeacherWeights.from_dict(weights, f"{where}: {TEACHER_ATTR}") if weights else None,
+            fitted={k: FittedSpec.from_dict(v, f"{where}: {FITTED_ATTR}[{k!r}]")
+                    for k, v in _typed(d, FITTED_ATTR, dict, where).items()} if d.get(FITTED_ATTR) else {},
         )
 
 
@@ -815,6 +903,11 @@ def shard_arrays(meta: LakeMeta, frames: int, samples: int) -> list[ArraySpec]:
         targets.append((CNN_ARRAY, int(meta.cnn_dim or 0), {"kind": "cnn"}))
     encoding = codec.to_dict()["encoding"]
     for name, dim, attrs in targets:
+        fitted = meta.fitted.get(name)
+        if fitted is not None:  # T x width codes of the array's fitted codec
+            out.append(ArraySpec(name, (frames, fitted.width), (c, fitted.width), fitted.code_dtype,
+                                 {**attrs, "encoding": encoding, "dim": dim}))
+            continue
         out.append(ArraySpec(name, (frames, dim), (c, dim), codec.stored_dtype,
                              {**attrs, "encoding": encoding}))
         if codec.has_scales:

@@ -22,7 +22,7 @@ import os
 import socket
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,6 +34,8 @@ from zarr.storage import LocalStore
 
 from fhb.errors import FhbError
 from fhb.storage.codecs import TargetCodec
+from fhb.storage.fitted import FittedCodec
+from fhb.storage.fitted_store import read_fitted, write_fitted
 from fhb.storage.schema import (
     AUDIO_ARRAY,
     CNN_ARRAY,
@@ -69,7 +71,8 @@ _ARRAY_CONFIG = {"write_empty_chunks": True}  # every chunk exists on disk: a mi
 # Client side: create the lake, list committed shards.
 
 
-def create_lake(path: str | os.PathLike[str], meta: LakeMeta, overwrite: bool = False) -> LakeMeta:
+def create_lake(path: str | os.PathLike[str], meta: LakeMeta, overwrite: bool = False,
+                fitted: Mapping[str, FittedCodec] | None = None) -> LakeMeta:
     """Create the lake at ``path`` (a local directory) or reopen it to resume.
 
     An existing lake with the same layout (teacher sha256, layers, dtype, codec, CNN, rates) is
@@ -77,6 +80,9 @@ def create_lake(path: str | os.PathLike[str], meta: LakeMeta, overwrite: bool = 
     empty). A different layout raises `FhbError` unless ``overwrite``, which deletes the lake's
     contents first. A non-empty directory that is not an fhb lake is never deleted. Split
     listings in a fresh lake start empty; `update_split_listing` fills them.
+
+    ``fitted``: the fitted codecs of a pca/pq lake (``{array: FittedCodec}``, whose specs are
+    ``meta.fitted``); their parameters are written under ``_codecs/`` when the lake is created.
 
     Returns the metadata now stored in the lake.
     """
@@ -132,7 +138,11 @@ def create_lake(path: str | os.PathLike[str], meta: LakeMeta, overwrite: bool = 
             )
     p.mkdir(parents=True, exist_ok=True)
     fresh = replace(meta, splits={s: SplitInfo() for s in meta.splits})
+    if meta.fitted and (fitted is None or {k: v.spec() for k, v in fitted.items()} != meta.fitted):
+        raise ValueError("create_lake: pass the FittedCodecs whose specs are meta.fitted")
     zarr.create_group(store=LocalStore(p), attributes=fresh.to_dict(), zarr_format=3)
+    if fitted:
+        write_fitted(p, fitted)
     for s in fresh.splits:
         _ensure_split_group(p, s)
     logger.info("created lake %s (layers %s, %s)", p, list(meta.layers), meta.dtype)
@@ -357,6 +367,7 @@ class ShardWriter:
             )
         self.meta = stored
         self.codec: TargetCodec = stored.codec
+        self.fitted: dict[str, FittedCodec] = read_fitted(self.lake_path, stored)
         self.expected_frames = expected_frames
         self.expected_samples = expected_samples
         self._committed = False
@@ -660,7 +671,11 @@ class ShardWriter:
 
         def one(j: int) -> None:
             # Values were checked per utterance in add(); no second pass here.
-            data, scales = self.codec.encode(stage[j, :rows], check=False)
+            fitted = self.fitted.get(names[j])
+            if fitted is not None:
+                data, scales = fitted.encode(stage[j, :rows]), None
+            else:
+                data, scales = self.codec.encode(stage[j, :rows], check=False)
             self._write_chunk(names[j], chunk, data)
             if scales is not None:
                 self._write_chunk(scale_array_name(names[j]), chunk, scales)

@@ -89,7 +89,7 @@ def forward_loss(model: torch.nn.Module, loss_fn: DistillLoss, batch: Batch, lay
         targets, target_lengths = t.to(device), n.to(device)
     else:
         assert batch.targets is not None, "an audio-only batch needs an online teacher"
-        targets, target_lengths = batch.targets.to(device, torch.float32), batch.target_lengths.to(device)
+        targets, target_lengths = batch.float_targets(device), batch.target_lengths.to(device)
     with autocast_context(device, precision):
         out = model(batch.wavs.to(device), batch.wav_lengths.to(device))
     cnn = batch.cnn.to(device, torch.float32) if (use_cnn and batch.cnn is not None) else None

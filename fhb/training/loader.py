@@ -23,7 +23,14 @@ float16        ``torch.float16`` (stored values, exact)
 bfloat16       ``torch.bfloat16`` (stored bits, exact)
 float32        ``torch.float32``
 int8           ``torch.float32`` (dequantised ``q * scale + offset``)
+pca            ``torch.int8`` codes ``B x L x T x W``: decode with ``batch.float_targets(device)``
+pq             ``torch.uint8`` codes ``B x L x T x W``: decode with ``batch.float_targets(device)``
 =============  ==================
+
+pca/pq lakes (fitted codecs, `fhb.storage.fitted`): the codes are copied into the batch as stored
+(no CPU expansion: ``W`` bytes per frame and layer instead of ``2 D``) and ``Batch.decoder`` (a
+`fhb.training.target_decoder.TargetDecoder`, set by the loader) reconstructs the targets on the
+training device (`Batch.float_targets`).
 
 CNN features follow the same rule. Audio is ``int16 / 32768`` as float32.
 
@@ -53,8 +60,9 @@ import torch
 from fhb.errors import FhbError
 from fhb.nn.frames import conv_output_length, conv_output_lengths
 from fhb.storage.codecs import TargetCodec
+from fhb.training.target_decoder import TargetDecoder
 from fhb.training.epoch import EpochPlan, PlanEntry, PlannedBatch, check_batching, plan_epoch
-from fhb.storage.schema import AUDIO_ARRAY, CNN_ARRAY, layer_array_name, scale_array_name
+from fhb.storage.schema import AUDIO_ARRAY, CNN_ARRAY, LakeMeta, layer_array_name, scale_array_name
 from fhb.storage.reader import ArrayRows, Lake, ShardView, UttEntry, open_lake
 
 logger = logging.getLogger(__name__)
@@ -64,6 +72,8 @@ _TORCH_DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
     "float32": torch.float32,
     "int8": torch.float32,
+    "pca": torch.int8,
+    "pq": torch.uint8,
 }
 
 
@@ -79,7 +89,9 @@ class Batch:
     ``wavs``: ``B x S`` float32 (int16 / 32768); ``wav_lengths``: ``B`` int64 samples;
     ``targets``: ``B x L x T x D`` (dtype per `target_dtype`; None for an audio-only loader);
     ``target_lengths``: ``B`` int64 frames (``conv_output_length(wav_lengths)``); ``cnn``:
-    ``B x T x Dc`` when requested; ``utt_ids``: ``B`` utterance ids.
+    ``B x T x Dc`` when requested; ``utt_ids``: ``B`` utterance ids. ``decoder``: for pca/pq
+    lakes, ``targets`` holds codes (``B x L x T x W``) and the decoder reconstructs them on the
+    step's device (`float_targets`); None otherwise.
     """
 
     wavs: torch.Tensor
@@ -88,6 +100,14 @@ class Batch:
     target_lengths: torch.Tensor
     cnn: torch.Tensor | None
     utt_ids: list[str]
+    decoder: TargetDecoder | None = None
+
+    def float_targets(self, device: torch.device | str) -> torch.Tensor:
+        """``B x L x T x D`` float32 targets on ``device`` (codes are decoded there, not on the CPU)."""
+        assert self.targets is not None, "an audio-only batch has no targets"
+        if self.decoder is None:
+            return self.targets.to(device, torch.float32)
+        return self.decoder(self.targets.to(device, non_blocking=True), self.target_lengths)
 
     def to(self, device: torch.device | str, non_blocking: bool = True) -> Batch:
         """A copy with every tensor on ``device`` (``non_blocking`` pays off from pinned memory)."""
@@ -97,7 +117,7 @@ class Batch:
         return Batch(
             wavs=move(self.wavs), wav_lengths=move(self.wav_lengths),  # type: ignore[arg-type]
             targets=move(self.targets), target_lengths=move(self.target_lengths),  # type: ignore[arg-type]
-            cnn=move(self.cnn), utt_ids=list(self.utt_ids),
+            cnn=move(self.cnn), utt_ids=list(self.utt_ids), decoder=self.decoder,
         )
 
     def pin_memory(self) -> Batch:
@@ -133,6 +153,8 @@ _NP_OF: dict[torch.dtype, np.dtype] = {
     torch.float16: np.dtype(np.float16),
     torch.bfloat16: np.dtype(np.uint16),  # bit patterns; viewed back as bfloat16
     torch.float32: np.dtype(np.float32),
+    torch.int8: np.dtype(np.int8),  # pca codes
+    torch.uint8: np.dtype(np.uint8),  # pq codes
 }
 
 
@@ -339,7 +361,8 @@ class _WindowReader:
         meta = self._shard(int(self.source_of[utts[0].utt])).meta
         fields: list[tuple[str, tuple[int, ...], torch.dtype]] = [("wavs", (nb, s_max), torch.float32)]
         if self.layers:
-            fields.append(("targets", (nb, len(self.layers), t_max, meta.teacher.dim), target_dtype(meta.dtype)))
+            width = _code_width(meta, self.layers) if meta.fitted else meta.teacher.dim
+            fields.append(("targets", (nb, len(self.layers), t_max, width), target_dtype(meta.dtype)))
         if self.cnn:
             fields.append(("cnn", (nb, t_max, int(meta.cnn_dim or 0)), target_dtype(meta.dtype)))
         layout, nbytes = _layout(fields)
@@ -364,7 +387,8 @@ class _WindowReader:
             self._rows(shard, AUDIO_ARRAY).read_into(s0, s0 + n, audio)
             np.multiply(audio, np.float32(1.0 / 32768.0), out=wav_np[b, :n], casting="unsafe")
             wav_np[b, n:] = 0
-            targets = [(name, tgt_np[b, li]) for li, name in enumerate(names)] if tgt_np is not None else []
+            targets = [(name, _stored_columns(shard, name, tgt_np[b, li])) for li, name in enumerate(names)] \
+                if tgt_np is not None else []
             if cnn_np is not None:
                 targets.append((CNN_ARRAY, cnn_np[b]))
             for name, dest in targets:
@@ -411,6 +435,17 @@ class _WindowReader:
         scales = self._scratch_of("s", (s1 - s0) * 2 * d, np.dtype(np.float32)).reshape(s1 - s0, 2, d)
         self._rows(shard, scale_array_name(name)).read_into(s0, s1, scales)
         codec.decode(q, scales, first_frame=start, out=out)
+
+
+def _code_width(meta: LakeMeta, layers: Sequence[int]) -> int:
+    """Widest code of ``layers`` in a pca/pq lake (the batch's ``W``)."""
+    return max(meta.fitted[layer_array_name(k)].width for k in layers)
+
+
+def _stored_columns(shard: ShardView, name: str, dest: np.ndarray) -> np.ndarray:
+    """The columns of a batch row that array ``name`` fills: all, or a fitted code's first ``width``."""
+    spec = shard.meta.fitted.get(name)
+    return dest if spec is None else dest[:, : spec.width]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -661,6 +696,9 @@ class LakeLoader:
                 f"found none stored; re-extract with CNN features or pass cnn_features=False"
             )
         self.target_dtype = target_dtype(meta.dtype)
+        self.decoder: TargetDecoder | None = (
+            TargetDecoder(self.lake.fitted, self.layers) if meta.fitted and self.layers else None
+        )
         self._conv = meta.teacher.conv_layers  # the lake's frame rule (fhb.storage.schema)
         self.splits = list(splits)
 
@@ -797,6 +835,7 @@ class LakeLoader:
             window.reverse()
             while window:
                 batch = window.pop()
+                batch.decoder = self.decoder
                 self._batches_done += 1
                 yield batch
                 del batch
