@@ -281,6 +281,7 @@ def _run_facts(run: Path | None) -> dict[str, Any]:
     """What the run recorded: its config.yaml sections, train/eval records of metrics.jsonl."""
     import yaml
 
+    from fhb.student.config import safe_yaml_load
     from fhb.training import run_state
 
     facts: dict[str, Any] = {"config": {}, "train": [], "eval": []}
@@ -288,7 +289,11 @@ def _run_facts(run: Path | None) -> dict[str, Any]:
         return facts
     cfg_path = run / run_state.CONFIG
     if cfg_path.is_file():
-        loaded = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+        try:
+            loaded = safe_yaml_load(cfg_path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise FhbError(f"{cfg_path}: expected the run's yaml config, found unreadable yaml "
+                           f"({' '.join(str(exc).split())}); restore it or export with --checkpoint") from None
         facts["config"] = loaded if isinstance(loaded, dict) else {}
     if (run / run_state.METRICS).is_file():
         for rec in run_state.read_metrics(run):

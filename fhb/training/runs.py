@@ -80,11 +80,9 @@ def resolve_run_checkpoint(run: Path, step: int | None = None, checkpoint: Path 
     final = run / run_state.STUDENT
     if final.is_file():
         return final
-    pointer = run / run_state.LATEST
-    if pointer.is_file():
-        path = run / pointer.read_text(encoding="utf-8").strip()
-        if path.is_file():
-            return path
+    path = run_state.latest_target(run)
+    if path is not None and path.is_file():
+        return path
     raise FhbError(f"run {run}: expected {run_state.STUDENT} or a checkpoint named by {run_state.LATEST}, "
                    "found neither; let `fhb distill` finish or save a checkpoint, or pass --checkpoint")
 
