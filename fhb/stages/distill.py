@@ -35,7 +35,7 @@ import torch
 import yaml
 
 from fhb.errors import FhbError
-from fhb.pipeline.files import atomic_write_text
+from fhb.pipeline.files import atomic_write_text, check_out_apart
 from fhb.pipeline.precision import check_precision
 from fhb.pipeline.teacher import Teacher, load_teacher
 from fhb.storage.reader import open_lake
@@ -292,16 +292,26 @@ def run_distill(
         cleanup_distributed()
 
 
+def _check_run_dir(s: DistillSettings, dist: DistInfo, resume: bool) -> None:
+    """Refuse a run directory that is an input (or holds one), or a non-empty one without ``--resume``."""
+    run_dir = Path(s.out)
+    check_out_apart(run_dir, {"--cache": Path(s.cache), "--config": Path(s.config) if Path(s.config).exists() else None,
+                              "--online-teacher": Path(s.online_teacher) if s.online_teacher else None}, "distill")
+    if dist.is_main and run_dir.exists() and not resume:
+        if not run_dir.is_dir():
+            raise FhbError(f"run directory {run_dir}: expected a directory, found a file; choose another --out")
+        leftover = sorted(p.name for p in run_dir.iterdir())
+        if leftover:
+            raise FhbError(
+                f"run directory {run_dir}: expected an empty or new directory, found {leftover[:5]}; "
+                f"pass --resume to continue that run, or choose another --out"
+            )
+
+
 def _prepare_run_dir(s: DistillSettings, fit: FitConfig, dist: DistInfo, resume: bool) -> None:
+    """Create the run directory and write its config (after every check passed: a refused run leaves nothing)."""
     run_dir = Path(s.out)
     if dist.is_main:
-        if run_dir.exists() and not resume:
-            leftover = sorted(p.name for p in run_dir.iterdir())
-            if leftover:
-                raise FhbError(
-                    f"run directory {run_dir}: expected an empty or new directory, found {leftover[:5]}; "
-                    f"pass --resume to continue that run, or choose another --out"
-                )
         run_dir.mkdir(parents=True, exist_ok=True)
         resolved = {**fit.to_dict(), "fhb_distill": dataclasses.asdict(s)}
         resolved["fhb_distill"]["splits"] = list(s.splits)
@@ -361,8 +371,9 @@ def _build_trainer(s: DistillSettings, fit: FitConfig, dist: DistInfo, device: t
 
 def _run(s: DistillSettings, fit: FitConfig, dist: DistInfo, device: torch.device, resume: bool,
          show_progress: bool, stop_after: int | None, trace_dir: Path | None = None) -> RunSummary:
-    _prepare_run_dir(s, fit, dist, resume)
+    _check_run_dir(s, dist, resume)
     tr = _build_trainer(s, fit, dist, device)
+    _prepare_run_dir(s, fit, dist, resume)
     run_dir = Path(s.out)
     if resume:
         found = run_state.load_latest_checkpoint(run_dir)

@@ -459,16 +459,19 @@ def export_s3prl(
         FhbError: no such run/checkpoint, a student in the inference layout (the published
             format needs every head), or a non-empty ``out`` without ``overwrite``.
     """
-    from fhb.pipeline.files import build_beside
+    from fhb.pipeline.files import build_beside, check_out_apart, check_replaceable
     from fhb.student.checkpoint import save_published_checkpoint
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FhbError(f"export: {out} exists and is not empty; expected a new folder; pass --overwrite or "
                        "choose another --out")
+    check_out_apart(out, {"--run": run, "--checkpoint": checkpoint, "--config": yaml_path}, "export-s3prl")
+    own = frozenset({CKPT_NAME, YAML_NAME, SAFETENSORS_NAME, CARD_NAME, name})  # exports before the manifest
+    check_replaceable(out, "export-s3prl", own)
     run_dir = Path(run) if run is not None else None
     found = load_run_student(run_dir, step, checkpoint, yaml_path)
-    with build_beside(out) as tmp:
+    with build_beside(out, "export-s3prl", own) as tmp:
         ckpt, cfg = save_published_checkpoint(found.model, found.config, tmp / CKPT_NAME,
                                               yaml_path=tmp / YAML_NAME, global_step=found.step)
         plain = write_safetensors(found.model, found.config, tmp / SAFETENSORS_NAME, found.step)

@@ -30,6 +30,7 @@ from fhb.errors import FhbError
 from fhb.pipeline.audio import AudioError, load_audio_int16
 from fhb.pipeline.corpus import Manifest, scan_librispeech
 from fhb.pipeline.lake_teacher import store_teacher
+from fhb.pipeline.files import check_out_apart
 from fhb.pipeline.precision import check_precision, check_precision_name
 from fhb.pipeline.teacher import Teacher, TeacherSpec, load_teacher, read_teacher_spec
 from fhb.stages.shard_plan import ShardJob, plan_shards
@@ -287,6 +288,7 @@ def run_extract(
     _check_run_options(workers, threads, device, precision, scheduler)
     if not Path(teacher).is_file():
         raise FhbError(f"--teacher {teacher}: no such file; pass a fairseq HuBERT/wav2vec 2.0 checkpoint (.pt)")
+    check_out_apart(Path(out), {"--teacher": Path(teacher), "--libri-root": Path(libri_root)}, "extract")
     started = time.perf_counter()
     workers = default_workers() if workers is None else workers
     manifest: Manifest = scan_librispeech(libri_root, splits)

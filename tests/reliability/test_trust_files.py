@@ -23,7 +23,7 @@ import torch
 
 from fhb.training import run_state
 
-from .conftest import assert_user_error
+from .conftest import assert_user_error, small_distill_args as _distill_args
 from .test_hostile_checkpoints import Call
 
 MAX_RSS_KB = 1 << 20  # 1 GiB
@@ -37,29 +37,6 @@ def _hostile_run_checkpoint(path: Path, marker: Path) -> Path:
                 "model": Call(os.system, f"touch {marker}"), "optimizer": {}, "scheduler": {}, "rng": {},
                 "loader": {}}, path)
     return path
-
-
-@pytest.fixture(scope="module")
-def small_run(reference_lake: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished 2-update `fhb distill` run (checkpoints at both updates)."""
-    from fhb.cli import main
-
-    out = tmp_path_factory.mktemp("trust") / "run"
-    argv = sys.argv
-    sys.argv = ["fhb", *_distill_args(reference_lake, out)]
-    try:
-        main()
-    except SystemExit as exc:
-        assert not exc.code, exc.code
-    finally:
-        sys.argv = argv
-    return out
-
-
-def _distill_args(lake: Path, out: Path, *extra: str) -> list[str]:
-    return ["distill", "--cache", str(lake), "--config", "tiny", "--out", str(out), "--steps", "2",
-            "--batch-size", "2", "--accumulate", "1", "--workers", "0", "--save-every", "1", "--log-every", "1",
-            "--splits", "train-clean-100", "--max-seconds", "1", "--seed", "3", *extra]
 
 
 def _copy_run(run: Path, dest: Path) -> Path:
