@@ -15,6 +15,25 @@ import typer
 from fhb import __version__
 from fhb.errors import FhbError
 
+def _show_flags_without_a_value() -> None:
+    """``--help``: boolean flags (``--resume``, ``--overwrite``, ``--help``) show no ``<bool>`` value column.
+
+    typer renders a flag's type like an option's value; a flag takes none, so its type column is left empty.
+    """
+    option = getattr(typer.core, "TyperOption", None)
+    show = getattr(option, "display_type_rich", None)
+    if show is None or getattr(show, "fhb_flags", False):
+        return
+
+    def display_type_rich(self: typer.core.TyperOption, ctx: object) -> str | None:
+        return "" if getattr(self, "is_flag", False) else show(self, ctx)
+
+    display_type_rich.fhb_flags = True  # type: ignore[attr-defined]
+    option.display_type_rich = display_type_rich  # type: ignore[union-attr]
+
+
+_show_flags_without_a_value()
+
 app = typer.Typer(
     name="fhb",
     help="FitHuBERT distillation around a feature lake: run the teacher once, train students from cached targets.",
@@ -31,16 +50,21 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+_VERBOSE = [False]
+"""Set by ``--verbose``: an `FhbError` then shows its traceback above the one line."""
+
+
 @app.callback()
 def _root(
     version: Annotated[
         Optional[bool],
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging; errors show their traceback.")] = False,
 ) -> None:
     from fhb.pipeline.logging_setup import setup_logging
 
+    _VERBOSE[0] = verbose
     setup_logging(verbose)
 
 
@@ -300,6 +324,19 @@ def _split_list(value: str) -> list[str]:
     return splits
 
 
+_PATH_OPTIONS = ("--out", "-o", "--cache", "--teacher", "--libri-root", "--checkpoint", "--run", "--config", "-c",
+                 "--online-teacher")
+
+
+def _refuse_empty_paths(argv: list[str]) -> None:
+    """An empty path (``--out ""``) would mean the working directory: refuse it before any command runs."""
+    for i, arg in enumerate(argv):
+        option, eq, value = arg.partition("=")
+        if option in _PATH_OPTIONS and ((eq and not value) or (not eq and i + 1 < len(argv) and argv[i + 1] == "")):
+            raise FhbError(f"{option}: expected a path, found an empty string; pass a path (. for the current "
+                           "folder)")
+
+
 class _Terminated(BaseException):
     """Raised by the SIGTERM handler; unwinds like Ctrl-C without click turning it into an abort."""
 
@@ -316,11 +353,17 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, _terminate)
     try:
+        _refuse_empty_paths(sys.argv[1:])
         app()
     except FhbError as exc:
         from rich.markup import escape
 
         from fhb.pipeline.logging_setup import console
+
+        if _VERBOSE[0]:
+            import traceback
+
+            traceback.print_exc()
 
         # One line, shown verbatim: a yaml parser's message spans lines, and a path may hold "[...]".
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())

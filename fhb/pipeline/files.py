@@ -121,7 +121,7 @@ def foreign_entries(folder: Path, own_layout: frozenset[str] = frozenset()) -> l
 
 
 def check_out_apart(out: Path, inputs: dict[str, Path | None], command: str) -> None:
-    """Refuse an output folder that equals or contains one of the command's inputs.
+    """Refuse an output folder below a file, in an unwritable folder, or that equals or contains an input.
 
     Replacing ``out`` would delete that input (a run, a checkpoint, a lake, a corpus).
 
@@ -129,6 +129,13 @@ def check_out_apart(out: Path, inputs: dict[str, Path | None], command: str) -> 
         FhbError: naming the option, both paths and the fix.
     """
     target = Path(os.path.abspath(out)).resolve()
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if existing != target and not existing.is_dir():
+        raise FhbError(f"{command}: --out {out} lies below the file {existing}; expected a folder path; "
+                       "choose another --out")
+    if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+        raise FhbError(f"{command}: --out {out}: the folder {existing} is not writable; expected a folder you "
+                       "can write; choose another --out or fix its permissions")
     for option, path in inputs.items():
         if path is None or str(path) == "":
             continue

@@ -47,7 +47,9 @@ def _claim_demo_dir(out: Path) -> None:
     Raises:
         FhbError: ``out`` is a file, a symlink, or holds anything the demo did not write.
     """
-    from fhb.pipeline.files import foreign_entries, read_manifest, write_manifest
+    from fhb.pipeline.files import check_out_apart, foreign_entries, read_manifest, write_manifest
+
+    check_out_apart(out, {}, "demo")
 
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise FhbError(f"demo: --out {out} is {'a symlink' if out.is_symlink() else 'a file'}; expected a new "

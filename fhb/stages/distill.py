@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ import yaml
 
 from fhb.errors import FhbError
 from fhb.pipeline.files import atomic_write_text, check_out_apart
-from fhb.pipeline.precision import check_precision
+from fhb.pipeline.precision import check_device, check_precision
 from fhb.pipeline.teacher import Teacher, load_teacher
 from fhb.storage.reader import open_lake
 from fhb.student.checkpoint import save_student
@@ -156,6 +157,9 @@ def _resolve(
     acc = int(accumulate if accumulate is not None else train.accumulate_grad_batches)
     if acc < 1:
         raise FhbError(f"accumulate (train.accumulate_grad_batches): expected >= 1, found {acc}")
+    check_device(device)
+    _check_numbers(batch_seconds=batch_seconds, max_seconds=max_seconds, lr=lr, clip_grad_norm=clip_grad_norm,
+                   weight_decay=weight_decay, seed=seed, keep_checkpoints=keep_checkpoints)
     if precision is None:
         precision = "fp16" if train.use_fp16 and device.startswith("cuda") else "fp32"
     check_precision(precision, device, bf16_on_cpu=True)  # training autocasts in bf16 on CPU too
@@ -184,6 +188,42 @@ def _resolve(
         log_every=log_every, eval_every=eval_every, save_every=save_every, keep_checkpoints=keep_checkpoints,
         clip_grad_norm=clip_grad_norm, weight_decay=weight_decay, lr=lr,
     )
+
+
+_MAX_BATCH_SECONDS = 100_000.0
+"""Largest --batch-seconds / --max-seconds accepted (27 hours of audio in one micro-batch)."""
+_MAX_SEED = 2**32 - 1  # numpy's seeds
+
+
+def _check_numbers(*, batch_seconds: float | None, max_seconds: float | None, lr: float | None,
+                   clip_grad_norm: float | None, weight_decay: float | None, seed: int,
+                   keep_checkpoints: int | None) -> None:
+    """Refuse NaN, infinite, negative and absurd numbers in distill's options (one line each).
+
+    Raises:
+        FhbError: naming the option, the valid range and the value found.
+    """
+    ranges: tuple[tuple[str, float | None, float, float, bool], ...] = (
+        # option, value, lowest, highest, lowest allowed itself
+        ("--batch-seconds", batch_seconds, 0.0, _MAX_BATCH_SECONDS, False),
+        ("--max-seconds", max_seconds, 0.0, _MAX_BATCH_SECONDS, False),
+        ("--lr", lr, 0.0, 1e3, False),
+        ("--clip-grad-norm", clip_grad_norm, 0.0, math.inf, False),
+        ("--weight-decay", weight_decay, 0.0, 1e3, True),
+    )
+    for option, value, low, high, inclusive in ranges:
+        if value is None:
+            continue
+        above = value >= low if inclusive else value > low
+        if not (above and value <= high and math.isfinite(value)):  # NaN fails every comparison
+            bound = f"{'>=' if inclusive else '>'} {low:g} and <= {high:g}" if math.isfinite(high) else \
+                f"a finite number {'>=' if inclusive else '>'} {low:g}"
+            raise FhbError(f"{option} {value}: expected {bound}; fix the value")
+    if not 0 <= seed <= _MAX_SEED:
+        raise FhbError(f"--seed {seed}: expected an integer in 0..{_MAX_SEED}; fix the value")
+    if keep_checkpoints is not None and keep_checkpoints < 1:
+        raise FhbError(f"--keep-checkpoints {keep_checkpoints}: expected >= 1 (or unset: keep all); "
+                       "fix the value")
 
 
 def _make_loader(splits: Sequence[str], layers: list[int], s: DistillSettings, dist: DistInfo,

@@ -65,6 +65,11 @@ def evaluate_run(
         FhbError: no student, a student in the inference layout, or a lake whose teacher does not
             match the student (dimension, layers).
     """
+    from fhb.pipeline.precision import check_device
+
+    dev = check_device(device)
+    if not (batch_size is None or batch_size >= 1):
+        raise FhbError(f"--batch-size {batch_size}: expected >= 1; fix the value")
     found = load_run_student(run, step, checkpoint)
     model, fit = found.model, found.config
     if model.is_inference:
@@ -87,7 +92,6 @@ def evaluate_run(
                        "sim_loss_weight are 0); nothing to evaluate per layer")
     loader = LakeLoader(cache, [split], layers, batch_size=batch_size, shuffle=False, workers=0,
                         cnn_features=use_cnn)
-    dev = torch.device(device)
     model.to(dev)
     res = evaluate_split(model, loss_fn, loader, layers, device=dev, use_cnn=use_cnn, max_batches=max_batches)
     if res.batches == 0:

@@ -31,7 +31,7 @@ from fhb.pipeline.audio import AudioError, load_audio_int16
 from fhb.pipeline.corpus import Manifest, scan_librispeech
 from fhb.pipeline.lake_teacher import store_teacher
 from fhb.pipeline.files import check_out_apart
-from fhb.pipeline.precision import check_precision, check_precision_name
+from fhb.pipeline.precision import check_device, check_precision, check_precision_name
 from fhb.pipeline.teacher import Teacher, TeacherSpec, load_teacher, read_teacher_spec
 from fhb.stages.shard_plan import ShardJob, plan_shards
 from fhb.storage import LakeMeta, LakeWriter, ShardWriter, SplitInfo, TeacherMeta
@@ -224,17 +224,9 @@ def _check_run_options(workers: int | None, threads: int | None, device: str, pr
     if threads is not None and threads < 0:
         raise FhbError(f"--threads {threads}: expected a positive number of torch threads per worker")
     check_precision_name(precision)
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise FhbError(f"--device {device!r}: expected cpu or cuda (or cuda:N)") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise FhbError(f"--device {device!r}: expected cpu or cuda (or cuda:N)")
+    # a remote cluster's workers may have GPUs this host lacks
+    dev = check_device(device, present=scheduler is None)
     check_precision(precision, dev, bf16_on_cpu=False)  # the teacher autocasts on CUDA only
-    if dev.type == "cuda" and scheduler is None:  # a remote cluster's workers may have GPUs this host lacks
-        found = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if found <= (dev.index or 0):
-            raise FhbError(f"--device {device}: this machine has {found} CUDA device(s); use --device cpu")
 
 
 def run_extract(
