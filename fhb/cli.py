@@ -196,6 +196,7 @@ def distill(
     clip_grad_norm: Annotated[Optional[float], typer.Option(help="Clip the gradient norm (default: off, as published).")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="Non-bias weight decay (default: 0.01, what the published code applies).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate (default: yaml optimizer.lr).")] = None,
+    allow_missing_shards: Annotated[bool, typer.Option("--allow-missing-shards", help="Train on the committed shards of a split that lists missing or uncommitted ones (default: refuse).")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")] = True,
 ) -> None:
     """Stage 2: train the student from the lake (no teacher); torchrun for several processes."""
@@ -207,7 +208,7 @@ def distill(
         accumulate=accumulate, precision=precision, device=device, workers=workers, seed=seed, resume=resume,
         online_teacher=online_teacher, libri_root=libri_root, log_every=log_every, eval_every=eval_every,
         save_every=save_every, keep_checkpoints=keep_checkpoints, clip_grad_norm=clip_grad_norm,
-        weight_decay=weight_decay, lr=lr, progress=progress,
+        weight_decay=weight_decay, lr=lr, allow_missing_shards=allow_missing_shards, progress=progress,
     )
 
 

@@ -44,7 +44,13 @@ from fhb.student.checkpoint import save_student
 from fhb.student.config import FitConfig, load_fithubert_yaml
 from fhb.student.loss import required_teacher_layers
 from fhb.training import run_state
-from fhb.training.checks import check_lake, check_teacher
+from fhb.training.checks import (
+    check_complete_splits,
+    check_lake,
+    check_same_teacher,
+    check_teacher,
+    lake_teacher_record,
+)
 from fhb.training.distributed import DistInfo, barrier, cleanup_distributed, init_distributed
 from fhb.training.loader import LakeLoader
 from fhb.training.optim import OptimConfig
@@ -99,6 +105,7 @@ class DistillSettings:
     clip_grad_norm: float | None
     weight_decay: float | None
     lr: float | None
+    allow_missing_shards: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,6 +139,7 @@ def _resolve(
     clip_grad_norm: float | None,
     weight_decay: float | None,
     lr: float | None,
+    allow_missing_shards: bool = False,
 ) -> DistillSettings:
     train = TrainConfig.from_yaml(fit.train, str(config))
     if cache is None:
@@ -157,6 +165,10 @@ def _resolve(
     acc = int(accumulate if accumulate is not None else train.accumulate_grad_batches)
     if acc < 1:
         raise FhbError(f"accumulate (train.accumulate_grad_batches): expected >= 1, found {acc}")
+    if splits is not None and len(set(splits)) != len(list(splits)):
+        repeated = sorted({x for x in splits if list(splits).count(x) > 1})
+        raise FhbError(f"--splits {','.join(splits)}: expected each split once, found {repeated} repeated; "
+                       "name each split once")
     check_device(device)
     _check_numbers(batch_seconds=batch_seconds, max_seconds=max_seconds, lr=lr, clip_grad_norm=clip_grad_norm,
                    weight_decay=weight_decay, seed=seed, keep_checkpoints=keep_checkpoints)
@@ -186,7 +198,7 @@ def _resolve(
         max_seconds=max_seconds, accumulate=acc, precision=precision, device=device, workers=workers,
         prefetch=prefetch, seed=seed, online_teacher=str(online_teacher) if online_teacher else None,
         log_every=log_every, eval_every=eval_every, save_every=save_every, keep_checkpoints=keep_checkpoints,
-        clip_grad_norm=clip_grad_norm, weight_decay=weight_decay, lr=lr,
+        clip_grad_norm=clip_grad_norm, weight_decay=weight_decay, lr=lr, allow_missing_shards=allow_missing_shards,
     )
 
 
@@ -270,6 +282,7 @@ def run_distill(
     clip_grad_norm: float | None = None,
     weight_decay: float | None = None,
     lr: float | None = None,
+    allow_missing_shards: bool = False,
     progress: bool = True,
     stop_after: int | None = None,
     trace_dir: Path | None = None,
@@ -302,6 +315,8 @@ def run_distill(
         clip_grad_norm: max gradient norm (None: no clipping, as published).
         weight_decay: non-bias weight decay (None: the published 0.01; see `fhb.training.optim`).
         lr: learning-rate override.
+        allow_missing_shards: train on the committed shards of splits whose listing names missing or
+            uncommitted ones (default: refuse such a lake).
         progress: show a rich progress bar (rank 0).
         stop_after: stop (without the final save) after this many updates: for tests that
             simulate an interrupted run.
@@ -323,7 +338,7 @@ def run_distill(
         accumulate=accumulate, precision=precision, device=device, workers=workers, prefetch=prefetch,
         seed=seed, online_teacher=online_teacher, log_every=log_every, eval_every=eval_every,
         save_every=save_every, keep_checkpoints=keep_checkpoints, clip_grad_norm=clip_grad_norm,
-        weight_decay=weight_decay, lr=lr,
+        weight_decay=weight_decay, lr=lr, allow_missing_shards=allow_missing_shards,
     )
     dist, dev = init_distributed(device)
     try:
@@ -389,6 +404,8 @@ def _build_trainer(s: DistillSettings, fit: FitConfig, dist: DistInfo, device: t
     check_lake(lake, fit.distiller, needed, s.splits, online)
     if s.dev_split is not None:
         check_lake(lake, fit.distiller, needed, [s.dev_split], online)
+    if not s.allow_missing_shards:
+        check_complete_splits(lake, [*s.splits, *([s.dev_split] if s.dev_split else [])], "--allow-missing-shards")
     if teacher is not None:
         check_teacher(teacher, fit.distiller, needed)
     use_cnn = float(fit.loss.cnn_loss_weight) > 0
@@ -405,7 +422,8 @@ def _build_trainer(s: DistillSettings, fit: FitConfig, dist: DistInfo, device: t
         device=device, precision=s.precision, accumulate=s.accumulate, steps=s.steps, epochs=s.epochs, dist=dist,
         clip_grad_norm=s.clip_grad_norm, teacher=teacher, use_cnn=use_cnn, dev_loader=dev_loader,
         dev_split=s.dev_split,
-        checkpoint_extra={"config": fit.to_dict(), "settings": dataclasses.asdict(s)},
+        checkpoint_extra={"config": fit.to_dict(), "settings": dataclasses.asdict(s),
+                          "lake_teacher": lake_teacher_record(lake)},
     )
 
 
@@ -423,6 +441,8 @@ def _run(s: DistillSettings, fit: FitConfig, dist: DistInfo, device: torch.devic
                 run_state.truncate_metrics(run_dir, 0)  # what a killed first attempt logged
         else:
             path, state = found
+            check_same_teacher(state.get("lake_teacher"), tr.loader.lake, f"run {run_dir} ({path.name})")
+            _report_changed_settings(state.get("settings"), s, path)
             tr.load_state_dict(state)
             tr.resumed_from = tr.global_step
             logger.info("resumed from %s (update %d, epoch %d, batch %d)", path.name, tr.global_step, tr.epoch,
@@ -452,6 +472,33 @@ def _run(s: DistillSettings, fit: FitConfig, dist: DistInfo, device: torch.devic
         final_loss=fitted.final_loss, dev_loss=fitted.dev_loss, student_path=student_path, seconds=fitted.seconds,
         steps_per_s=fitted.steps_per_s, loader_wait_share=fitted.loader_wait_share, resumed_from=tr.resumed_from,
     )
+
+
+_RESUMABLE_CHANGES = frozenset({"steps", "epochs", "workers", "prefetch", "log_every", "eval_every", "save_every",
+                                "keep_checkpoints", "device", "allow_missing_shards", "out", "cache"})
+"""Settings a resumed run may change without changing what it trains (length, I/O, logging)."""
+
+
+def _report_changed_settings(saved: object, s: DistillSettings, path: Path) -> None:
+    """Refuse changed training hyper-parameters on ``--resume``; log the harmless changes explicitly.
+
+    Raises:
+        FhbError: naming each changed hyper-parameter (saved -> now) and the fix.
+    """
+    if not isinstance(saved, dict):
+        return
+    now = dataclasses.asdict(s)
+    changed = {k: (saved[k], v) for k, v in now.items()
+               if k in saved and (list(saved[k]) if isinstance(saved[k], (tuple, list)) else saved[k])
+               != (list(v) if isinstance(v, (tuple, list)) else v)}
+    refused = {k: c for k, c in changed.items() if k not in _RESUMABLE_CHANGES}
+    if refused:
+        listing = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(refused.items()))
+        raise FhbError(f"--resume from {path}: the run was trained with other settings ({listing}); expected "
+                       "the same hyper-parameters to continue it: rerun with the original options, or start a "
+                       "new run with another --out")
+    for k, (a, b) in sorted(changed.items()):
+        logger.warning("--resume: %s changed from %r to %r", k, a, b)
 
 
 def save_final_student(path: Path, tr: Trainer, fit: FitConfig, cache: str) -> Path:

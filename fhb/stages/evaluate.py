@@ -21,7 +21,7 @@ import torch
 from fhb.errors import FhbError
 from fhb.storage.reader import open_lake
 from fhb.student.loss import DistillLoss
-from fhb.training.checks import check_teacher_dim
+from fhb.training.checks import check_complete_splits, check_same_teacher, check_teacher_dim
 from fhb.training.evaluation import evaluate_split
 from fhb.training.loader import LakeLoader
 from fhb.training.runs import load_run_student
@@ -75,7 +75,11 @@ def evaluate_run(
     if model.is_inference:
         raise FhbError(f"{found.source}: the student is in the inference layout (no per-layer heads); expected "
                        "a training checkpoint to score per layer")
-    meta = open_lake(cache).meta
+    lake = open_lake(cache)
+    meta = lake.meta
+    check_same_teacher(found.teacher, lake, f"the student {found.source}")
+    if split in lake.splits:
+        check_complete_splits(lake, [split], None)
     check_teacher_dim(fit.distiller, meta.teacher.dim, f"lake {cache}", meta.teacher.name,
                       "use the lake the student was distilled from")
     loss_cfg = fit.loss

@@ -100,7 +100,9 @@ def _from_distill_state(path: Path) -> RunStudent:
         model.load_state_dict(state["model"], strict=True)
     except RuntimeError as exc:
         raise FhbError(f"{path}: the weights do not match the stored config ({str(exc).splitlines()[0]})") from None
-    return RunStudent(model, config, path, "distill-state", int(state["step"]))
+    teacher = state.get("lake_teacher")
+    return RunStudent(model, config, path, "distill-state", int(state["step"]),
+                      teacher if isinstance(teacher, dict) else None)
 
 
 def load_run_student(
