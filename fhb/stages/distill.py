@@ -39,6 +39,7 @@ from fhb.errors import FhbError
 from fhb.pipeline.files import atomic_write_text, check_out_apart
 from fhb.pipeline.precision import check_device, check_precision
 from fhb.pipeline.teacher import Teacher, load_teacher
+from fhb.storage.lock import LakeReadLease
 from fhb.storage.reader import open_lake
 from fhb.student.checkpoint import save_student
 from fhb.student.config import FitConfig, load_fithubert_yaml
@@ -342,7 +343,8 @@ def run_distill(
     )
     dist, dev = init_distributed(device)
     try:
-        return _run(s, fit, dist, dev, resume, progress and dist.is_main, stop_after, trace_dir)
+        with LakeReadLease(s.cache):  # no writer changes the targets under the run
+            return _run(s, fit, dist, dev, resume, progress and dist.is_main, stop_after, trace_dir)
     finally:
         cleanup_distributed()
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from fhb.errors import FhbError
+from fhb.storage.lock import LakeReadLease
 from fhb.storage.reader import open_lake
 from fhb.student.loss import DistillLoss
 from fhb.training.checks import check_complete_splits, check_same_teacher, check_teacher_dim
@@ -97,7 +98,8 @@ def evaluate_run(
     loader = LakeLoader(cache, [split], layers, batch_size=batch_size, shuffle=False, workers=0,
                         cnn_features=use_cnn)
     model.to(dev)
-    res = evaluate_split(model, loss_fn, loader, layers, device=dev, use_cnn=use_cnn, max_batches=max_batches)
+    with LakeReadLease(cache):  # no writer changes the targets while they are scored
+        res = evaluate_split(model, loss_fn, loader, layers, device=dev, use_cnn=use_cnn, max_batches=max_batches)
     if res.batches == 0:
         raise FhbError(f"lake {cache}: split {split!r} gave no batches; expected at least one utterance")
     weights = {pair.layer: pair.weight for pair in loss_fn.pairs()}

@@ -61,6 +61,7 @@ from fhb.storage.schema import (
     writing_attrs,
 )
 from fhb.storage.layout import is_committed_dir, leftovers_of, read_node_attrs, remove_tree
+from fhb.storage.lock import READERS_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -223,7 +224,7 @@ def foreign_lake_entries(p: Path) -> list[str]:
     """Entries of the lake ``p`` (its root and split groups) that fhb did not write there."""
     foreign: list[str] = []
     for e in sorted(p.iterdir()):
-        if e.name == LOCK_FILE:
+        if e.name in (LOCK_FILE, READERS_DIR):
             continue
         if not _own_lake_entry(e):
             foreign.append(e.name)
@@ -241,7 +242,7 @@ def _wipe(p: Path) -> None:
             "move them out of the lake (or choose another --out) and rerun"
         )
     for e in p.iterdir():
-        if e.name == LOCK_FILE:
+        if e.name in (LOCK_FILE, READERS_DIR):
             continue
         if e.is_dir():
             remove_tree(e)

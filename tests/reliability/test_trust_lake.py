@@ -103,3 +103,63 @@ def test_resume_with_changed_hyper_parameters_is_refused(reference_lake: Path, s
     args = small_distill_args(reference_lake, run, "--resume")
     args[args.index("--seed") + 1] = "4"
     assert_user_error(cli(*args), "seed 3 -> 4")
+
+
+# ------------------------------------------------------------------------ readers hold the lake
+
+_HOLD = """
+import sys, time
+from fhb.storage.lock import {cls}
+with {cls}(sys.argv[1]){acquire}:
+    print("ready", flush=True)
+    time.sleep(120)
+"""
+
+
+def _holder(lake: Path, kind: str) -> Any:
+    """A subprocess that holds the lake as a reader (``read``) or a writer (``write``) until killed."""
+    import os
+    import subprocess
+    import sys
+
+    code = _HOLD.format(cls="LakeReadLease" if kind == "read" else "LakeLock", acquire="")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(lake)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__import__("fhb").__file__).resolve().parents[1])})
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_writers_are_refused_while_a_reader_holds_the_lake(reference_lake: Path, tiny_teacher_path: Path,
+                                                           libri_root: Path, tmp_path: Path, cli: Any) -> None:
+    from .conftest import extract_args
+
+    lake = _lake_copy(reference_lake, tmp_path)
+    reader = _holder(lake, "read")
+    try:
+        line = assert_user_error(cli(*extract_args(tiny_teacher_path, libri_root, lake, "--overwrite", "--layers", "1")),
+                                 "is being read by", f"pid {reader.pid}")
+        assert "wait for it to finish" in line
+        assert_user_error(cli("lake", "add-teacher", str(lake), "--teacher", str(tiny_teacher_path)),
+                          "is being read by")
+    finally:
+        reader.kill()
+        reader.wait()
+    assert not (lake / ".fhb.lock").exists()
+    # the reader was SIGKILLed: its registration is stale (dead pid, this host) and no longer blocks
+    result = cli(*extract_args(tiny_teacher_path, libri_root, lake))
+    assert result.code == 0, result.stderr[-2000:]
+
+
+def test_readers_are_refused_while_a_writer_holds_the_lake(reference_lake: Path, small_run: Path, tmp_path: Path,
+                                                           cli: Any) -> None:
+    lake = _lake_copy(reference_lake, tmp_path)
+    writer = _holder(lake, "write")
+    try:
+        assert_user_error(cli(*small_distill_args(lake, tmp_path / "run")), "is being written by", f"pid {writer.pid}")
+        assert not (tmp_path / "run").exists()
+        assert_user_error(cli("evaluate", str(small_run), "--cache", str(lake)), "is being written by")
+    finally:
+        writer.kill()
+        writer.wait()
+    assert cli(*small_distill_args(lake, tmp_path / "run")).code == 0  # stale writer: a warning only
+    assert not (lake / ".fhb.readers").exists()  # the run's registration is gone with it
