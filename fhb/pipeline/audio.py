@@ -48,6 +48,11 @@ _RESAMPLE_HINT = (
 _FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})
 
 
+MIN_SAMPLES = 400
+"""Shortest utterance a teacher can encode: its conv front-end's receptive field (25 ms, one frame)."""
+SHORT_REASON = "has {n} samples, shorter than the teacher's conv front-end ({min} samples = 25 ms, one frame)"
+
+
 class AudioError(FhbError):
     """An audio file that fhb cannot use.
 
@@ -119,6 +124,9 @@ def _check_format(path: Path, samplerate: int, channels: int, frames: int) -> No
             "has 0 samples, expected at least one",
             "remove the file from the corpus or replace it with the real recording",
         )
+    if frames < MIN_SAMPLES:
+        raise AudioError(path, SHORT_REASON.format(n=frames, min=MIN_SAMPLES),
+                         "remove the file from the corpus or replace it with the real recording")
 
 
 def _read(path: str | os.PathLike[str], dtype: str) -> np.ndarray:

@@ -163,3 +163,41 @@ def test_readers_are_refused_while_a_writer_holds_the_lake(reference_lake: Path,
         writer.wait()
     assert cli(*small_distill_args(lake, tmp_path / "run")).code == 0  # stale writer: a warning only
     assert not (lake / ".fhb.readers").exists()  # the run's registration is gone with it
+
+
+# ------------------------------------------------------------------ wrong types in lake metadata
+
+_ROOT_KEYS = ["format", "format_version", "fhb_version", "teacher", "layers", "cnn_features", "cnn_dim", "dtype",
+              "codec", "frame_rate", "sample_rate", "splits", "teacher_weights"]
+_WRONG_VALUES = [None, "x", -1, 1e308, [], {}, [["nested"]], True]
+
+
+@pytest.fixture(scope="module")
+def metadata_lake(reference_lake: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    lake = tmp_path_factory.mktemp("meta") / "lake"
+    shutil.copytree(reference_lake, lake)
+    return lake
+
+
+@pytest.mark.parametrize("key", _ROOT_KEYS)
+def test_wrong_types_in_lake_metadata_are_one_line(key: str, metadata_lake: Path, cli: Any) -> None:
+    """Every root attribute replaced by values of other types: inspect, verify, distill never traceback."""
+    from .conftest import TRACEBACK
+
+    path = metadata_lake / "zarr.json"
+    original = path.read_text()
+    try:
+        for value in _WRONG_VALUES:
+            meta = json.loads(original)
+            meta["attributes"][key] = value
+            path.write_text(json.dumps(meta))
+            for args in (["inspect", str(metadata_lake)], ["verify", str(metadata_lake)],
+                         small_distill_args(metadata_lake, metadata_lake.parent / "run", "--steps", "1")):
+                result = cli(*args)
+                assert TRACEBACK not in result.stderr, (key, value, args[0], result.stderr[-3000:])
+                assert result.code in (0, 1, 2), (key, value, args[0], result.code)
+                if result.code == 2:
+                    assert len(result.error_lines) == 1, (key, value, result.stderr[-2000:])
+                shutil.rmtree(metadata_lake.parent / "run", ignore_errors=True)
+    finally:
+        path.write_text(original)
