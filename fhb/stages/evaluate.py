@@ -11,8 +11,10 @@ last layer's (the published ``v_loss``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,28 @@ from fhb.training.runs import load_run_student
 __all__ = ["evaluate_run", "print_evaluation"]
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _progress(show: bool, loader: LakeLoader, max_batches: int | None) -> Iterator[Callable[[int], None] | None]:
+    """A transient progress bar over the split's batches (``fhb evaluate`` on 960 h takes hours)."""
+    if not show:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from fhb.pipeline.logging_setup import console
+
+    try:
+        total: int | None = len(loader)
+    except (TypeError, ValueError):
+        total = None
+    if max_batches is not None and total is not None:
+        total = min(total, max_batches)
+    columns = (TextColumn("evaluate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("evaluate", total=total)
+        yield lambda done: progress.update(task, completed=done)
 
 
 def evaluate_run(
@@ -98,8 +122,9 @@ def evaluate_run(
     loader = LakeLoader(cache, [split], layers, batch_size=batch_size, shuffle=False, workers=0,
                         cnn_features=use_cnn)
     model.to(dev)
-    with LakeReadLease(cache):  # no writer changes the targets while they are scored
-        res = evaluate_split(model, loss_fn, loader, layers, device=dev, use_cnn=use_cnn, max_batches=max_batches)
+    with LakeReadLease(cache), _progress(show, loader, max_batches) as on_batch:  # no writer changes the targets
+        res = evaluate_split(model, loss_fn, loader, layers, device=dev, use_cnn=use_cnn, max_batches=max_batches,
+                             on_batch=on_batch)
     if res.batches == 0:
         raise FhbError(f"lake {cache}: split {split!r} gave no batches; expected at least one utterance")
     weights = {pair.layer: pair.weight for pair in loss_fn.pairs()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -55,8 +56,11 @@ def verify_lake(
     path: str | os.PathLike[str],
     frames_fn: FramesFn | None = None,
     check_chunks: bool = True,
+    on_shard: Callable[[str], None] | None = None,
 ) -> list[Finding]:
     """Check a lake; an empty list means it is sound.
+
+    ``on_shard``: called with ``"split/shard"`` as each listed shard is checked (a progress bar).
 
     Checks: the stored teacher, if the lake records one (`teacher_problems`: its weights'
     sha256 with ``check_chunks``, and that they are of the lake's teacher); every listed shard
@@ -74,7 +78,7 @@ def verify_lake(
     frames_fn = frames_fn or meta.num_frames
     findings: list[Finding] = []
     for split, info in meta.splits.items():
-        findings += _verify_split(root, meta, split, frames_fn, check_chunks)
+        findings += _verify_split(root, meta, split, frames_fn, check_chunks, on_shard)
     findings += _verify_teacher(root, meta, check_chunks)
     for e in sorted(root.iterdir()):
         if e.name == TEACHER_DIR or e.name.startswith((TEACHER_TMP_PREFIX, TEACHER_TRASH_PREFIX)):
@@ -104,7 +108,8 @@ def _verify_teacher(root: Path, meta: LakeMeta, check_data: bool) -> list[Findin
 
 
 def _verify_split(
-    root: Path, meta: LakeMeta, split: str, frames_fn: FramesFn, check_chunks: bool
+    root: Path, meta: LakeMeta, split: str, frames_fn: FramesFn, check_chunks: bool,
+    on_shard: Callable[[str], None] | None = None,
 ) -> list[Finding]:
     info = meta.splits[split]
     out: list[Finding] = []
@@ -113,6 +118,8 @@ def _verify_split(
     parsed: list[tuple[str, ShardAttrs]] = []
     for shard in info.shards:
         where = f"{split}/{shard}"
+        if on_shard is not None:
+            on_shard(where)
         d = root / split / shard
         attrs = read_node_attrs(d)
         if attrs is None:

@@ -109,3 +109,31 @@ def test_verbose_shows_the_traceback_of_a_user_error(reference_lake: Path, tmp_p
     loud = fhb_subprocess("--verbose", *args)
     assert loud.code == 2 and TRACEBACK in loud.stderr and "FhbError" in loud.stderr
     assert len(loud.error_lines) == 1
+
+
+def test_verify_and_evaluate_report_progress(reference_lake: Path, small_run: Path, cli: Any,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fhb verify`` advances a bar per listed shard; ``fhb evaluate`` per batch (they take hours on 960 h)."""
+    import json
+
+    from fhb.storage.integrity import verify_lake
+
+    seen: list[str] = []
+    assert not [f for f in verify_lake(reference_lake, on_shard=seen.append) if f.severity == "error"]
+    listed = json.loads((reference_lake / "zarr.json").read_text())["attributes"]["splits"]
+    assert seen == [f"{split}/{shard}" for split, info in listed.items() for shard in info["shards"]]
+    assert cli("verify", str(reference_lake)).code == 0
+
+    import fhb.stages.evaluate as evaluate
+
+    calls: list[int] = []
+    real = evaluate.evaluate_split
+
+    def spy(*args: Any, on_batch: Any = None, **kwargs: Any) -> Any:
+        assert on_batch is not None
+        return real(*args, on_batch=lambda n: (calls.append(n), on_batch(n)), **kwargs)
+
+    monkeypatch.setattr(evaluate, "evaluate_split", spy)
+    result = cli("evaluate", str(small_run), "--cache", str(reference_lake))
+    assert result.code == 0, result.stderr[-2000:]
+    assert calls and calls == list(range(1, len(calls) + 1))
