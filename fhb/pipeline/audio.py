@@ -49,7 +49,8 @@ _FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})
 
 
 MIN_SAMPLES = 400
-"""Shortest utterance a teacher can encode: its conv front-end's receptive field (25 ms, one frame)."""
+"""Shortest utterance a teacher can encode: its conv front-end's receptive field (25 ms, one frame).
+The corpus scan refuses shorter files (`fhb.pipeline.corpus`); decoding itself accepts any length."""
 SHORT_REASON = "has {n} samples, shorter than the teacher's conv front-end ({min} samples = 25 ms, one frame)"
 
 
@@ -124,9 +125,6 @@ def _check_format(path: Path, samplerate: int, channels: int, frames: int) -> No
             "has 0 samples, expected at least one",
             "remove the file from the corpus or replace it with the real recording",
         )
-    if frames < MIN_SAMPLES:
-        raise AudioError(path, SHORT_REASON.format(n=frames, min=MIN_SAMPLES),
-                         "remove the file from the corpus or replace it with the real recording")
 
 
 def _read(path: str | os.PathLike[str], dtype: str) -> np.ndarray:

@@ -229,8 +229,12 @@ def _lock_info(d: object) -> LockInfo:
                     token=str(d.get("token", "")), command=str(d.get("command", "")))
 
 
-def live_readers(lake_path: str | os.PathLike[str]) -> list[LockInfo]:
-    """Processes registered as readers of the lake that may still run (dead ones on this host are removed)."""
+def live_readers(lake_path: str | os.PathLike[str], prune: bool = False) -> list[LockInfo]:
+    """Processes registered as readers of the lake that may still run.
+
+    Registrations of dead processes on this host are ignored; ``prune`` also deletes them (readers
+    do, when they leave: a writer never changes the lake before it holds it).
+    """
     folder = Path(lake_path) / READERS_DIR
     try:
         entries = sorted(folder.iterdir())
@@ -245,7 +249,8 @@ def live_readers(lake_path: str | os.PathLike[str]) -> list[LockInfo]:
         except (OSError, ValueError, KeyError, TypeError):
             continue  # being written this instant, or damaged: not a proof of a reader
         if info.is_stale():
-            entry.unlink(missing_ok=True)
+            if prune:
+                entry.unlink(missing_ok=True)
             continue
         found.append(info)
     return found
@@ -302,6 +307,7 @@ class LakeReadLease:
             return
         self._file.unlink(missing_ok=True)
         self._file = None
+        live_readers(self.lake_path, prune=True)  # and those of readers that were killed
         try:
             self._file_folder().rmdir()
         except OSError:
