@@ -1,6 +1,7 @@
 """Loader throughput: decoded targets per second vs raw read+decompress of the same chunks.
 
     python benchmarks/loader.py [--quick] [--minutes 30] [--workers 2] [--device cpu|cuda]
+                                [--batch-size 3 --order length --bucketing sorted]
 
 A HuBERT-Base-shaped lake (12 layers x 768, float16, random normal targets: they compress like
 real ones, ~85 %; LibriSpeech-like utterance lengths, 4 shards) is written with the storage
@@ -18,6 +19,9 @@ writer. Then, with the page cache warm and the same number of processes ``W`` on
     hundreds of epochs sees. Both figures are reported.
 
 Ratio = (c) steady state / (a), goal >= 0.8; (c) / (b) is reported beside it.
+``--batch-size N``: the loader's batches of N utterances instead of 60 s; ``--order length``: the
+lake written longest first (what ``fhb extract`` writes since issue 13), ``--bucketing sorted``:
+the published batches (``fhb distill``'s default). Such runs are recorded in their own section.
 With ``--device cuda`` the loader pins its batches and the loop copies every batch to the GPU.
 """
 
@@ -33,6 +37,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,12 +54,14 @@ LAYERS = tuple(range(1, 13))
 DIM = 768
 
 
-def build_lake(path: Path, minutes: float, shards: int) -> tuple[int, int]:
-    """Write the lake; returns (utterances, frames)."""
+def build_lake(path: Path, minutes: float, shards: int, order: str = "manifest") -> tuple[int, int]:
+    """Write the lake (``order``: ``length`` = longest first); returns (utterances, frames)."""
     meta = LakeMeta(teacher=TeacherMeta("hubert-base-shaped", "0" * 64, {}, 12, DIM), layers=LAYERS,
                     dtype="float16", splits={"train": SplitInfo()})
     meta = create_lake(path, meta)
     lengths = librispeech_like_lengths(minutes * 60, seed=0)
+    if order == "length":
+        lengths = sorted(lengths, reverse=True)
     rng = np.random.default_rng(0)
     names, frames = [], 0
     for s, idx in enumerate(np.array_split(np.arange(len(lengths)), shards)):
@@ -141,7 +148,8 @@ def raw_read(path: Path, processes: int, how: str) -> tuple[int, float]:
     return total, seconds
 
 
-def measure(path: Path, workers: int, epochs: int, window_blocks: int, device: str
+def measure(path: Path, workers: int, epochs: int, window_blocks: int, device: str,
+            batch_size: int | None = None, bucketing: str = "window",
             ) -> tuple[int, list[float], int, list[tuple[int, float]], list[tuple[int, float]]]:
     """``epochs`` epochs of one loader, with a raw zarr pass and a floor pass (``max(1, workers)``
     processes each) before every epoch after the first, so that each loader epoch has raw figures
@@ -155,8 +163,9 @@ def measure(path: Path, workers: int, epochs: int, window_blocks: int, device: s
     zarr_runs: list[tuple[int, float]] = []
     floor_runs: list[tuple[int, float]] = []
     total = n = 0
-    with LakeLoader(path, ["train"], None, batch_seconds=60.0, workers=workers,
-                    window_blocks=window_blocks, pin_memory=cuda) as loader:
+    batching: dict[str, Any] = {"batch_size": batch_size} if batch_size else {"batch_seconds": 60.0}
+    with LakeLoader(path, ["train"], None, workers=workers, window_blocks=window_blocks, pin_memory=cuda,
+                    bucketing=bucketing, **batching) as loader:
         for epoch in range(epochs):
             if epoch:
                 zarr_runs.append(raw_read(path, procs, "zarr"))
@@ -183,6 +192,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=None, help="audio in the lake (default 30 quick, 60)")
     parser.add_argument("--workers", type=int, default=2, help="loader workers = raw processes (default 2)")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda: pinned batches copied to the GPU")
+    parser.add_argument("--batch-size", type=int, default=None, help="utterances per batch (default: 60 s batches)")
+    parser.add_argument("--order", default="manifest", choices=("manifest", "length"), help="lake row order")
+    parser.add_argument("--bucketing", default="window", choices=("window", "sorted"), help="loader bucketing")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.device.startswith("cuda"):
@@ -198,10 +210,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "lake"
         t0 = time.perf_counter()
-        utts, frames = build_lake(path, minutes, shards)
+        utts, frames = build_lake(path, minutes, shards, args.order)
         build_s = time.perf_counter() - t0
         raw_read(path, 1, "blosc")  # warm the page cache: every side reads from memory
-        dec_bytes, dec_s, batches, zarr_runs, floor_runs = measure(path, workers, epochs, window, args.device)
+        dec_bytes, dec_s, batches, zarr_runs, floor_runs = measure(path, workers, epochs, window, args.device,
+                                                                   args.batch_size, args.bucketing)
     zarr_rates = [b / t for b, t in zarr_runs]
     floor_rates = [b / t for b, t in floor_runs]
     loader_rates = [dec_bytes / t for t in dec_s[1:]]
@@ -228,10 +241,14 @@ def main() -> None:
           f"({batches} batches/epoch, epochs {', '.join(f'{s:.2f}' for s in dec_s)} s)")
     print(f"ratio loader/raw: {ratio:.2f} (goal >= 0.8; paired median {paired:.2f}); loader/floor: {ratio_floor:.2f} "
           f"(paired median {paired_floor:.2f})")
+    variant = (f" --batch-size {args.batch_size}" if args.batch_size else "") + (
+        f" --order {args.order}" if args.order != "manifest" else "") + (
+        f" --bucketing {args.bucketing}" if args.bucketing != "window" else "")
     cmd = "python benchmarks/loader.py" + (" --quick" if args.quick else "") + (
-        f" --device {args.device}" if args.device != "cpu" else "")
+        f" --device {args.device}" if args.device != "cpu" else "") + variant
     record(
-        "Loader: decoded targets vs raw read+decompress" + ("" if args.device == "cpu" else f" ({args.device})"),
+        "Loader: decoded targets vs raw read+decompress" + ("" if args.device == "cpu" else f" ({args.device})")
+        + (f" ({variant.strip()})" if variant else ""),
         f"""
 `{cmd}` — {machine()}.
 HuBERT-Base-shaped lake: {minutes:g} min of audio ({utts} utterances, {frames} frames), 12 layers x
@@ -246,7 +263,7 @@ HuBERT-Base-shaped lake: {minutes:g} min of audio ({utts} utterances, {frames} f
 | same loader, steady state (best of epochs 1–{epochs - 1}; a raw and a floor pass run before each) | {steady / 1e6:.0f} |
 
 Loader bytes are the valid (unpadded) target frames of the batches handed to the loop, per second
-of wall time ({batches} batches of <= 60 s per epoch). Epoch times: {', '.join(f'{s:.2f}' for s in dec_s)} s.
+of wall time ({batches} batches of {f"{args.batch_size} utterances" if args.batch_size else "<= 60 s"} per epoch, lake order {args.order}, bucketing {args.bucketing}). Epoch times: {', '.join(f'{s:.2f}' for s in dec_s)} s.
 
 **Loader (steady) / raw: {ratio:.2f}** (goal >= 0.8; median of the per-epoch pairs {paired:.2f}).
 Loader / c-blosc floor: {ratio_floor:.2f} (pairs: {paired_floor:.2f}).

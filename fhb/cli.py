@@ -7,6 +7,7 @@ Failures the user can fix (:class:`fhb.errors.FhbError`) print one red line and 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -111,6 +112,7 @@ def extract(
     scheduler: Annotated[Optional[str], typer.Option(help="Existing dask scheduler, tcp://host:8786.")] = None,
     on_bad_audio: Annotated[str, typer.Option(help="error: stop at a bad file; skip: list and skip it.")] = "error",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a lake of another teacher/layers/dtype.")] = False,
+    order: Annotated[str, typer.Option(help="Storage order: length (longest first, little padding in training) or manifest (by id; resumes older lakes).")] = "length",
 ) -> None:
     """Stage one: run the teacher once over LibriSpeech and write every layer to a Zarr lake."""
     from fhb.stages.extract import run_extract
@@ -121,7 +123,7 @@ def extract(
             teacher, libri_root, _split_list(splits), out, layers=layers, cnn_features=cnn_features,
             dtype=dtype, shard_hours=shard_hours, batch_seconds=batch_seconds, device=device,
             precision=precision, workers=workers, threads=threads, scheduler=scheduler,
-            on_bad_audio=on_bad_audio, overwrite=overwrite, progress=progress,
+            on_bad_audio=on_bad_audio, overwrite=overwrite, progress=progress, order=order,
         )
     print_extract_summary(summary)
 
@@ -175,13 +177,13 @@ def distill(
     config: Annotated[Path, typer.Option("--config", "-c", help="FitHuBERT yaml (published layout), or a packaged one: fithubert, fitwav2vec2, tiny.")] = Path("fithubert"),
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (config.yaml, metrics.jsonl, checkpoints/, student.pt).")] = Path("runs/distill"),
     splits: Annotated[Optional[str], typer.Option(help="Comma-separated training splits (default: yaml data.train_set).")] = None,
-    dev_split: Annotated[Optional[str], typer.Option(help="Split evaluated every --eval-every updates (e.g. dev-clean).")] = None,
+    dev_split: Annotated[Optional[str], typer.Option(help="Split evaluated after every epoch (default: dev-clean if the lake has it; none: no evaluation).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Optimiser updates (exclusive with --epochs).")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs (default: yaml train.num_epochs).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Utterances per micro-batch (default: yaml train.batch_size).")] = None,
     batch_seconds: Annotated[Optional[float], typer.Option(help="Padded audio seconds per micro-batch (instead of --batch-size).")] = None,
     max_seconds: Annotated[Optional[float], typer.Option(help="Crop longer utterances to this many seconds.")] = None,
-    accumulate: Annotated[Optional[int], typer.Option(help="Micro-batches per update (default: yaml train.accumulate_grad_batches).")] = None,
+    accumulate: Annotated[Optional[int], typer.Option(help="Micro-batches per update and rank (default: the published effective batch, yaml accumulate_grad_batches x gpus over all ranks).")] = None,
     precision: Annotated[Optional[str], typer.Option(help="fp32, fp16 (CUDA) or bf16 (default: fp16 if yaml use_fp16 and CUDA, else fp32).")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:K (torchrun: cuda:LOCAL_RANK).")] = "cpu",
     workers: Annotated[int, typer.Option(help="Loader decode processes (0: in-process).")] = 2,
@@ -190,13 +192,18 @@ def distill(
     online_teacher: Annotated[Optional[Path], typer.Option(help="Run this teacher on every batch instead of reading targets (baseline).")] = None,
     libri_root: Annotated[Optional[Path], typer.Option(help="Not supported without --cache (run `fhb extract` first).")] = None,
     log_every: Annotated[int, typer.Option(help="Append a train record to metrics.jsonl every N updates.")] = 10,
-    eval_every: Annotated[Optional[int], typer.Option(help="Evaluate --dev-split every N updates (and at the end).")] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help="Evaluate --dev-split every N updates instead of after every epoch (and at the end).")] = None,
     save_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N updates (and at the end).")] = None,
     keep_checkpoints: Annotated[Optional[int], typer.Option(help="Keep only the newest N checkpoints.")] = None,
     clip_grad_norm: Annotated[Optional[float], typer.Option(help="Clip the gradient norm (default: off, as published).")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="Non-bias weight decay (default: 0.01, what the published code applies).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate (default: yaml optimizer.lr).")] = None,
     allow_missing_shards: Annotated[bool, typer.Option("--allow-missing-shards", help="Train on the committed shards of a split that lists missing or uncommitted ones (default: refuse).")] = False,
+    bucketing: Annotated[str, typer.Option(help="sorted: the published batches (whole set sorted by length); window: length-sorted within shuffle windows.")] = "sorted",
+    early_stopping_patience: Annotated[Optional[int], typer.Option(help="Stop after N evaluations without a lower dev loss (default: yaml train.early_stopping_patience or 15; 0: off).")] = None,
+    keep_best: Annotated[Optional[int], typer.Option(help="Keep the N best students by dev loss in RUN/best/ (default: 3; 0: none).")] = None,
+    export: Annotated[str, typer.Option(help="student.pt: best (lowest dev loss) or last.")] = "best",
+    optimizer_impl: Annotated[str, typer.Option(help="s3prl (the published AdamW update) or torch (torch.optim.AdamW).")] = "s3prl",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")] = True,
 ) -> None:
     """Stage 2: train the student from the lake (no teacher); torchrun for several processes."""
@@ -208,7 +215,9 @@ def distill(
         accumulate=accumulate, precision=precision, device=device, workers=workers, seed=seed, resume=resume,
         online_teacher=online_teacher, libri_root=libri_root, log_every=log_every, eval_every=eval_every,
         save_every=save_every, keep_checkpoints=keep_checkpoints, clip_grad_norm=clip_grad_norm,
-        weight_decay=weight_decay, lr=lr, allow_missing_shards=allow_missing_shards, progress=progress,
+        weight_decay=weight_decay, lr=lr, allow_missing_shards=allow_missing_shards, bucketing=bucketing,
+        early_stopping_patience=early_stopping_patience, keep_best=keep_best, export=export,
+        optimizer_impl=optimizer_impl, progress=progress,
     )
 
 
@@ -222,43 +231,57 @@ def report(
     report_run(run_dir)
 
 
-@app.command("export-s3prl")
-def export_s3prl(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Export folder to create (fithubert.ckpt, fithubert.yaml, model_card.md, fithubert_fhb/).")],
-    run: Annotated[Optional[Path], typer.Option(help="Run directory of fhb distill / fhb import-checkpoint.")] = None,
-    step: Annotated[Optional[int], typer.Option(help="Export checkpoints/step-N.pt instead of the final student.")] = None,
-    checkpoint: Annotated[Optional[Path], typer.Option(help="Export this checkpoint file instead.")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="Yaml for a checkpoint that stores no config (bare state dict).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
-) -> None:
-    """Write a run's student in the published FitHuBERT format and as a self-contained S3PRL upstream."""
-    from fhb.stages.export import export_s3prl as _export
+def _exported_s3prl(out: Path, run: Path | None, step: int | None, checkpoint: Path | None, config: Path | None,
+                    overwrite: bool) -> str:
+    from fhb.stages.export import export_s3prl
 
-    if run is None and checkpoint is None:
-        raise FhbError("export-s3prl: expected --run RUN or --checkpoint PATH, found neither")
-    result = _export(run, out, step=step, checkpoint=checkpoint, yaml_path=config, overwrite=overwrite)
-    typer.echo(f"exported {result.source} (update {result.step}) to {result.out}; see {result.upstream / 'README.md'}")
+    result = export_s3prl(run, out, step=step, checkpoint=checkpoint, yaml_path=config, overwrite=overwrite)
+    return f"exported {result.source} (update {result.step}) to {result.out}; see {result.upstream / 'README.md'}"
 
 
-@app.command("export-hf")
-def export_hf(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to create (config.json, model.safetensors, preprocessor_config.json, README.md).")],
-    run: Annotated[Optional[Path], typer.Option(help="Run directory of fhb distill / fhb import-checkpoint.")] = None,
-    step: Annotated[Optional[int], typer.Option(help="Export checkpoints/step-N.pt instead of the final student.")] = None,
-    checkpoint: Annotated[Optional[Path], typer.Option(help="Export this checkpoint file instead.")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="Yaml for a checkpoint that stores no config (bare state dict).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
-) -> None:
-    """Write a run's student as a Hugging Face transformers model (AutoModel.from_pretrained(OUT), safetensors)."""
-    from fhb.stages.export_hf import REMOTE
-    from fhb.stages.export_hf import export_hf as _export
+def _exported_hf(out: Path, run: Path | None, step: int | None, checkpoint: Path | None, config: Path | None,
+                 overwrite: bool) -> str:
+    from fhb.stages.export_hf import REMOTE, export_hf
 
-    if run is None and checkpoint is None:
-        raise FhbError("export-hf: expected --run RUN or --checkpoint PATH, found neither")
-    result = _export(run, out, step=step, checkpoint=checkpoint, yaml_path=config, overwrite=overwrite)
+    result = export_hf(run, out, step=step, checkpoint=checkpoint, yaml_path=config, overwrite=overwrite)
     trust = ", trust_remote_code=True" if result.architecture == REMOTE else ""
-    typer.echo(f"exported {result.source} (update {result.step}) to {result.out} as {result.architecture}; "
-               f"load it with AutoModel.from_pretrained({str(result.out)!r}{trust})")
+    return (f"exported {result.source} (update {result.step}) to {result.out} as {result.architecture}; "
+            f"load it with AutoModel.from_pretrained({str(result.out)!r}{trust})")
+
+
+def _export_command(name: str, help: str, out_help: str,
+                    export: Callable[[Path, Path | None, int | None, Path | None, Path | None, bool], str]) -> None:
+    """Register ``fhb NAME``: the options every export shares (which student of which run, what may
+    be replaced), then one call of ``export``, whose summary line is printed."""
+
+    def command(
+        out: Path,  # annotated below: its help differs per command
+        run: Annotated[Optional[Path], typer.Option(help="Run directory of fhb distill / fhb import-checkpoint.")] = None,
+        step: Annotated[Optional[int], typer.Option(help="Export checkpoints/step-N.pt instead of the final student.")] = None,
+        checkpoint: Annotated[Optional[Path], typer.Option(help="Export this checkpoint file instead.")] = None,
+        config: Annotated[Optional[Path], typer.Option(help="Yaml for a checkpoint that stores no config (bare state dict).")] = None,
+        overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
+    ) -> None:
+        if run is None and checkpoint is None:
+            raise FhbError(f"{name}: expected --run RUN or --checkpoint PATH, found neither")
+        typer.echo(export(out, run, step, checkpoint, config, overwrite))
+
+    command.__annotations__["out"] = Annotated[Path, typer.Option("--out", "-o", help=out_help)]
+    app.command(name, help=help)(command)
+
+
+_export_command(
+    "export-s3prl",
+    "Write a run's student in the published FitHuBERT format and as a self-contained S3PRL upstream.",
+    "Export folder to create (fithubert.ckpt, fithubert.yaml, model_card.md, fithubert_fhb/).",
+    _exported_s3prl,
+)
+_export_command(
+    "export-hf",
+    "Write a run's student as a Hugging Face transformers model (AutoModel.from_pretrained(OUT), safetensors).",
+    "Folder to create (config.json, model.safetensors, preprocessor_config.json, README.md).",
+    _exported_hf,
+)
 
 
 @app.command("import-hf")
@@ -271,7 +294,7 @@ def import_hf(
     from fhb.stages.import_hf import import_hf as _import
 
     result = _import(folder, out, overwrite=overwrite)
-    typer.echo(f"imported {folder} ({result.architecture}, update {result.step}, {result.num_tensors} tensors) "
+    typer.echo(f"imported {folder} ({result.kind}, update {result.step}, {result.num_tensors} tensors) "
                f"into {result.run}")
 
 

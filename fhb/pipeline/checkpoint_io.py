@@ -40,7 +40,6 @@ from __future__ import annotations
 import _compat_pickle
 import argparse
 import collections
-import hashlib
 import io
 import logging
 import os
@@ -58,6 +57,7 @@ from typing import Any, BinaryIO, ClassVar
 import numpy as np
 import torch
 
+from fhb import files
 from fhb.errors import FhbError
 
 __all__ = [
@@ -78,7 +78,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_HASH_BLOCK = 1 << 20
 _ZIP_MAGIC = b"PK\x03\x04"
 _STUBBED_PACKAGES = ("fairseq", "omegaconf", "pytorch_lightning", "s3prl")  # last two: FitHuBERT .ckpt metadata
 _LATIN1_NAMES = frozenset({"latin1", "latin-1", "latin_1", "iso8859-1", "iso-8859-1"})
@@ -557,7 +556,7 @@ def _validate(path: Path, checkpoint: object) -> dict[str, Any]:
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks.
+    """Hex sha256 of a checkpoint file (`fhb.files.sha256_file`), with a user error for a non-file.
 
     Raises:
         CheckpointError: ``path`` is missing or not a regular file.
@@ -566,11 +565,7 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     if not path.is_file():
         found = "a directory" if path.is_dir() else "nothing"
         raise CheckpointError(f"cannot hash {path}: expected a file, found {found}; check the path")
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(_HASH_BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return files.sha256_file(path)
 
 
 # --------------------------------------------------------------------------------------------

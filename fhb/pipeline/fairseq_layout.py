@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from fhb.nn.wav2vec2 import BackboneConfig, build_backbone
-from fhb.pipeline.files import atomic_torch_save
+from fhb.files import atomic_torch_save
 
 _TINY_CONV = ((32, 10, 5),) + ((32, 3, 2),) * 4 + ((32, 2, 2),) * 2
 

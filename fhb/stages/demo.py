@@ -47,7 +47,7 @@ def _claim_demo_dir(out: Path) -> None:
     Raises:
         FhbError: ``out`` is a file, a symlink, or holds anything the demo did not write.
     """
-    from fhb.pipeline.files import check_out_apart, foreign_entries, read_manifest, write_manifest
+    from fhb.files import check_out_apart, foreign_entries, read_manifest, write_manifest
 
     check_out_apart(out, {}, "demo")
 

@@ -13,6 +13,15 @@ live there), and saves the student (rank 0). Default precision: fp16 when the ya
 ``resume=True`` continues from the newest complete checkpoint and ends with the same parameters
 as an uninterrupted run.
 
+The published recipe by default (README, "Faithfulness"): the published batches (``bucketing``
+``sorted``: the whole set sorted by length into fixed batches, only their order shuffled), the
+published effective batch whatever the number of ranks (``accumulate`` = yaml
+``accumulate_grad_batches x gpus / ranks``, refused when that is not a whole number unless given
+explicitly), dev-clean evaluated after every epoch when the lake has it, early stopping after
+``train.early_stopping_patience`` (15) evaluations without improvement, the ``keep_best`` (3) best
+students kept in ``RUN/best/`` and the best written as ``RUN/student.pt`` (``export="last"``: the
+last update's, fhb's earlier behaviour).
+
 ``online_teacher=CKPT`` is the baseline: the same student, the same batches (the loader reads only
 audio from the lake), the teacher run on every batch. Its targets equal the lake's (to float16
 precision) for whole utterances; with ``max_seconds`` crops the online teacher sees only the crop
@@ -27,6 +36,7 @@ import dataclasses
 import logging
 import math
 import random
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +46,7 @@ import torch
 import yaml
 
 from fhb.errors import FhbError
-from fhb.pipeline.files import atomic_write_text, check_out_apart
+from fhb.files import atomic_write_text, check_out_apart
 from fhb.pipeline.precision import check_device, check_precision
 from fhb.pipeline.teacher import Teacher, load_teacher
 from fhb.storage.lock import LakeReadLease
@@ -52,14 +62,21 @@ from fhb.training.checks import (
     check_teacher,
     lake_teacher_record,
 )
-from fhb.training.distributed import DistInfo, barrier, cleanup_distributed, init_distributed
+from fhb.training.distributed import DistInfo, barrier, cleanup_distributed, env_world_size, init_distributed
 from fhb.training.loader import LakeLoader
 from fhb.training.optim import OptimConfig
+from fhb.training.epoch import BUCKETINGS
+from fhb.training.selection import Kept
 from fhb.training.trainer import Schedule, TrainConfig, Trainer, build_model_and_loss
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SPLITS = ("train-clean-100",)
+DEFAULT_DEV_SPLIT = "dev-clean"
+"""Evaluated after every epoch when the lake has it (the published ``val_dataloader``)."""
+NO_DEV = "none"
+"""``--dev-split none``: no evaluation (and so no early stopping and no best checkpoint)."""
+EXPORTS = ("best", "last")
 
 
 @dataclass(frozen=True)
@@ -107,6 +124,12 @@ class DistillSettings:
     weight_decay: float | None
     lr: float | None
     allow_missing_shards: bool = False
+    bucketing: str = "sorted"
+    early_stopping_patience: int | None = 15
+    keep_best: int = 3
+    export: str = "best"
+    optimizer_impl: str = "s3prl"
+    accumulate_source: str = "yaml"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,6 +164,12 @@ def _resolve(
     weight_decay: float | None,
     lr: float | None,
     allow_missing_shards: bool = False,
+    bucketing: str = "sorted",
+    early_stopping_patience: int | None = None,
+    keep_best: int | None = None,
+    export: str = "best",
+    optimizer_impl: str = "s3prl",
+    world_size: int = 1,
 ) -> DistillSettings:
     train = TrainConfig.from_yaml(fit.train, str(config))
     if cache is None:
@@ -163,9 +192,21 @@ def _resolve(
         )
     if batch_size is None and batch_seconds is None:
         batch_size = train.batch_size
-    acc = int(accumulate if accumulate is not None else train.accumulate_grad_batches)
-    if acc < 1:
-        raise FhbError(f"accumulate (train.accumulate_grad_batches): expected >= 1, found {acc}")
+    if accumulate is not None:
+        acc, acc_source = int(accumulate), "--accumulate"
+        if acc < 1:
+            raise FhbError(f"--accumulate: expected >= 1, found {acc}")
+    else:
+        acc, acc_source = published_accumulate(train, world_size, str(config)), "yaml"
+    if bucketing not in BUCKETINGS:
+        raise FhbError(f"--bucketing {bucketing!r}: expected one of {', '.join(BUCKETINGS)}; pass one of them")
+    if export not in EXPORTS:
+        raise FhbError(f"--export {export!r}: expected one of {', '.join(EXPORTS)}; pass one of them")
+    patience = train.early_stopping_patience if early_stopping_patience is None else early_stopping_patience
+    best = train.keep_best if keep_best is None else keep_best
+    if patience < 0 or best < 0:
+        raise FhbError(f"--early-stopping-patience {patience}, --keep-best {best}: expected >= 0 (0: off); "
+                       f"fix the value")
     if splits is not None and len(set(splits)) != len(list(splits)):
         repeated = sorted({x for x in splits if list(splits).count(x) > 1})
         raise FhbError(f"--splits {','.join(splits)}: expected each split once, found {repeated} repeated; "
@@ -190,6 +231,15 @@ def _resolve(
         if len(splits) < len(yaml_sets):
             logger.warning("training on %s (the lake lacks %s of data.train_set)", list(splits),
                            [x for x in yaml_sets if x not in present])
+    if dev_split is None and cache is not None:
+        dev_split = DEFAULT_DEV_SPLIT if DEFAULT_DEV_SPLIT in set(open_lake(cache).splits) else None
+        if dev_split is None:
+            logger.warning("no %s in the lake: no dev evaluation, early stopping or best checkpoint "
+                           "(the published run evaluates it after every epoch)", DEFAULT_DEV_SPLIT)
+    elif dev_split == NO_DEV:
+        dev_split = None
+    if export == "best" and dev_split is None:
+        export = "last"  # nothing to select by
     for name, v in (("log_every", log_every), ("eval_every", eval_every), ("save_every", save_every)):
         if v is not None and v < 1:
             raise FhbError(f"--{name.replace('_', '-')}: expected >= 1 (or unset), found {v}")
@@ -199,7 +249,9 @@ def _resolve(
         max_seconds=max_seconds, accumulate=acc, precision=precision, device=device, workers=workers,
         prefetch=prefetch, seed=seed, online_teacher=str(online_teacher) if online_teacher else None,
         log_every=log_every, eval_every=eval_every, save_every=save_every, keep_checkpoints=keep_checkpoints,
-        clip_grad_norm=clip_grad_norm, weight_decay=weight_decay, lr=lr, allow_missing_shards=allow_missing_shards,
+        clip_grad_norm=clip_grad_norm, weight_decay=weight_decay, lr=lr, bucketing=bucketing,
+        early_stopping_patience=patience or None, keep_best=best, export=export, optimizer_impl=optimizer_impl,
+        accumulate_source=acc_source, allow_missing_shards=allow_missing_shards,
     )
 
 
@@ -239,6 +291,31 @@ def _check_numbers(*, batch_seconds: float | None, max_seconds: float | None, lr
                        "fix the value")
 
 
+def published_accumulate(train: TrainConfig, world_size: int, source: str) -> int:
+    """Micro-batches per update that keep the published effective batch on ``world_size`` ranks.
+
+    The published run updates once per ``accumulate_grad_batches x gpus`` micro-batches (each of
+    its ``gpus`` processes accumulates ``accumulate_grad_batches``); fhb's ranks together must
+    read as many.
+
+    Raises:
+        FhbError: that count is not a multiple of ``world_size``.
+    """
+    per_update = train.accumulate_grad_batches * train.gpus
+    if per_update % world_size:
+        fits = [k for k in range(1, per_update + 1) if per_update % k == 0]
+        raise FhbError(
+            f"{source}: train.accumulate_grad_batches {train.accumulate_grad_batches} x gpus {train.gpus} = "
+            f"{per_update} micro-batches per update: expected a multiple of the {world_size} ranks, found none; "
+            f"run {fits} ranks, or pass --accumulate N to choose another effective batch"
+        )
+    acc = per_update // world_size
+    logger.info("accumulate %d: %d micro-batches of %d utterances per update over %d rank(s), as the published "
+                "accumulate_grad_batches %d x gpus %d", acc, per_update, train.batch_size, world_size,
+                train.accumulate_grad_batches, train.gpus)
+    return acc
+
+
 def _make_loader(splits: Sequence[str], layers: list[int], s: DistillSettings, dist: DistInfo,
                  *, cnn: bool, shuffle: bool, train: bool) -> LakeLoader:
     return LakeLoader(
@@ -247,7 +324,7 @@ def _make_loader(splits: Sequence[str], layers: list[int], s: DistillSettings, d
         seed=s.seed, workers=s.workers if train else min(s.workers, 1), prefetch=s.prefetch,
         rank=dist.rank if train else 0, world_size=dist.world_size if train else 1,
         cnn_features=cnn, shuffle=shuffle, drop_last=False,
-        pin_memory=s.device.startswith("cuda"),
+        pin_memory=s.device.startswith("cuda"), bucketing=s.bucketing,  # dev too: the published eval batches
     )
 
 
@@ -284,6 +361,11 @@ def run_distill(
     weight_decay: float | None = None,
     lr: float | None = None,
     allow_missing_shards: bool = False,
+    bucketing: str = "sorted",
+    early_stopping_patience: int | None = None,
+    keep_best: int | None = None,
+    export: str = "best",
+    optimizer_impl: str = "s3prl",
     progress: bool = True,
     stop_after: int | None = None,
     trace_dir: Path | None = None,
@@ -296,13 +378,15 @@ def run_distill(
         out: run directory (created; must be empty or absent unless ``resume``).
         splits: training splits (default: the yaml's ``data.train_set`` if the lake has them,
             else ``train-clean-100``).
-        dev_split: split evaluated every ``eval_every`` updates and at the end (None: no eval).
+        dev_split: split evaluated after every epoch (or every ``eval_every`` updates) and at the
+            end (None: dev-clean when the lake has it; ``"none"``: no evaluation).
         steps / epochs: length of the run in optimiser updates / epochs (default: yaml
             ``train.num_epochs``).
         batch_size / batch_seconds: utterances per micro-batch, or audio seconds per micro-batch
             (default: yaml ``train.batch_size``); ``max_seconds`` crops longer utterances (a random,
             frame-aligned window each epoch).
-        accumulate: micro-batches per update (default: yaml ``train.accumulate_grad_batches``).
+        accumulate: micro-batches per update (default: the published effective batch, yaml
+            ``accumulate_grad_batches x gpus`` micro-batches over all ranks; see `published_accumulate`).
         precision: fp32, fp16 (CUDA) or bf16 (default: fp16 if yaml ``use_fp16`` and CUDA).
         device: cpu, cuda, cuda:K (under torchrun each rank uses cuda:LOCAL_RANK).
         workers / prefetch: loader decode processes and batches read ahead.
@@ -311,13 +395,17 @@ def run_distill(
         online_teacher: run this teacher on every batch instead of reading targets (baseline).
         libri_root: not supported without a lake (raises FhbError when given without ``cache``).
         log_every / eval_every / save_every: intervals in updates (None: never; the last update
-            is always saved and evaluated).
+            is always saved and evaluated; ``eval_every`` replaces the per-epoch evaluation).
         keep_checkpoints: keep only the newest N checkpoints (None: all).
         clip_grad_norm: max gradient norm (None: no clipping, as published).
         weight_decay: non-bias weight decay (None: the published 0.01; see `fhb.training.optim`).
         lr: learning-rate override.
         allow_missing_shards: train on the committed shards of splits whose listing names missing or
             uncommitted ones (default: refuse such a lake).
+        bucketing: ``sorted`` (the published batches) or ``window`` (`fhb.training.epoch`).
+        early_stopping_patience / keep_best: override the yaml's ``train.`` keys (0: off).
+        export: ``best`` (the lowest dev loss; ``last`` without a dev split) or ``last`` as ``student.pt``.
+        optimizer_impl: ``s3prl`` (the published update) or ``torch`` (`fhb.training.optim`).
         progress: show a rich progress bar (rank 0).
         stop_after: stop (without the final save) after this many updates: for tests that
             simulate an interrupted run.
@@ -339,7 +427,9 @@ def run_distill(
         accumulate=accumulate, precision=precision, device=device, workers=workers, prefetch=prefetch,
         seed=seed, online_teacher=online_teacher, log_every=log_every, eval_every=eval_every,
         save_every=save_every, keep_checkpoints=keep_checkpoints, clip_grad_norm=clip_grad_norm,
-        weight_decay=weight_decay, lr=lr, allow_missing_shards=allow_missing_shards,
+        weight_decay=weight_decay, lr=lr, bucketing=bucketing, early_stopping_patience=early_stopping_patience,
+        keep_best=keep_best, export=export, optimizer_impl=optimizer_impl, world_size=env_world_size(),
+        allow_missing_shards=allow_missing_shards,
     )
     dist, dev = init_distributed(device)
     try:
@@ -420,7 +510,7 @@ def _build_trainer(s: DistillSettings, fit: FitConfig, dist: DistInfo, device: t
     model, loss_fn, layer_gen = build_model_and_loss(fit, s.seed, n_teacher)
     return Trainer(
         model, loss_fn, layer_gen, loader, needed, OptimConfig.from_yaml(fit.optimizer, weight_decay=s.weight_decay,
-                                                                          lr=s.lr),
+                                                                          lr=s.lr, impl=s.optimizer_impl),
         device=device, precision=s.precision, accumulate=s.accumulate, steps=s.steps, epochs=s.epochs, dist=dist,
         clip_grad_norm=s.clip_grad_norm, teacher=teacher, use_cnn=use_cnn, dev_loader=dev_loader,
         dev_split=s.dev_split,
@@ -456,18 +546,25 @@ def _run(s: DistillSettings, fit: FitConfig, dist: DistInfo, device: torch.devic
         random.seed(s.seed)
     if dist.is_main:
         logger.info(
-            "distilling %s from %s: %d updates (%d per epoch, %d micro-batches of %s each, accumulate %d), "
+            "distilling %s from %s: %d updates (%d per epoch, %d micro-batches of %s each, accumulate %s), "
             "%s, %s, %d rank(s)%s", Path(s.config).name, s.cache, tr.total_steps, tr.updates_per_epoch,
             tr.batches_per_epoch, f"{s.batch_size} utterances" if s.batch_size else f"{s.batch_seconds} s",
-            s.accumulate, s.precision, device, dist.world_size,
+            f"{s.accumulate} ({s.accumulate_source})", s.precision, device, dist.world_size,
             f", online teacher {s.online_teacher}" if s.online_teacher else "",
         )
     schedule = Schedule(log_every=s.log_every, eval_every=s.eval_every, save_every=s.save_every,
-                        keep_checkpoints=s.keep_checkpoints)
-    fitted = tr.fit(run_dir, schedule, stop_after=stop_after, show_progress=show_progress, trace_dir=trace_dir)
+                        keep_checkpoints=s.keep_checkpoints,
+                        eval_each_epoch=s.dev_split is not None and s.eval_every is None,
+                        early_stopping_patience=s.early_stopping_patience, keep_best=s.keep_best)
+
+    def write_best(path: Path) -> None:
+        save_final_student(path, tr, fit, s.cache)
+
+    fitted = tr.fit(run_dir, schedule, stop_after=stop_after, show_progress=show_progress, trace_dir=trace_dir,
+                    write_student=write_best)
     student_path = None
-    if tr.global_step == tr.total_steps and dist.is_main:
-        student_path = save_final_student(run_dir / run_state.STUDENT, tr, fit, s.cache)
+    if tr.finished and dist.is_main:
+        student_path = _export_student(run_dir, tr, fit, s, fitted.best)
     barrier(dist)
     return RunSummary(
         run_dir=run_dir, steps=tr.global_step, epochs_done=tr.epoch + tr.batch_in_epoch / tr.batches_per_epoch,
@@ -477,7 +574,8 @@ def _run(s: DistillSettings, fit: FitConfig, dist: DistInfo, device: torch.devic
 
 
 _RESUMABLE_CHANGES = frozenset({"steps", "epochs", "workers", "prefetch", "log_every", "eval_every", "save_every",
-                                "keep_checkpoints", "device", "allow_missing_shards", "out", "cache"})
+                                "keep_checkpoints", "device", "allow_missing_shards", "out", "cache",
+                                "early_stopping_patience", "keep_best", "export", "accumulate_source"})
 """Settings a resumed run may change without changing what it trains (length, I/O, logging)."""
 
 
@@ -501,6 +599,22 @@ def _report_changed_settings(saved: object, s: DistillSettings, path: Path) -> N
                        "new run with another --out")
     for k, (a, b) in sorted(changed.items()):
         logger.warning("--resume: %s changed from %r to %r", k, a, b)
+
+
+def _export_student(run_dir: Path, tr: Trainer, fit: FitConfig, s: DistillSettings, best: Kept | None) -> Path:
+    """``RUN/student.pt``: the best kept student (``export="best"``) or the last update's; the choice
+    is recorded in ``metrics.jsonl`` (a ``selected`` record) for the model card."""
+    path = run_dir / run_state.STUDENT
+    if s.export == "best" and best is not None and Path(best.path).is_file():
+        shutil.copyfile(best.path, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)
+        chosen = {"selected": "best", "step": best.step, "dev_loss": best.dev_loss, "split": s.dev_split}
+    else:
+        save_final_student(path, tr, fit, s.cache)
+        chosen = {"selected": "last", "step": tr.global_step, "dev_loss": None, "split": s.dev_split}
+    run_state.append_metrics(run_dir, {"kind": "selected", **chosen, "stopped_early": tr.stopped_early})
+    logger.info("student.pt: the %s student (update %d)", chosen["selected"], chosen["step"])
+    return path
 
 
 def save_final_student(path: Path, tr: Trainer, fit: FitConfig, cache: str) -> Path:

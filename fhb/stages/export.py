@@ -23,7 +23,7 @@ rewrites their ``fhb.*`` imports to package-relative ones (``from fhb.nn.conv im
 ``fhb/student/model.py`` becomes ``from ..nn.conv import X``); ``fhb.errors`` travels with them
 (it has no dependencies). Anything else a bundled module imports must be the standard library,
 torch or pyyaml, else the export fails. ``_fhb/BUNDLE.json`` records the fhb version and the
-sha256 of every source file.
+sha256 of every source file (`fhb.stages.bundle` does the bundling for every hand-off).
 
 The output is assembled in a temporary sibling folder, the checkpoint is re-loaded into fhb's
 student and compared bit for bit, and only then is the folder renamed to ``OUT``.
@@ -31,21 +31,16 @@ student and compared bit for bit, and only then is the folder renamed to ``OUT``
 
 from __future__ import annotations
 
-import ast
-import hashlib
-import importlib.util
 import json
 import logging
-import re
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from fhb.errors import FhbError
+from fhb.stages.bundle import BUNDLE_ROOTS, assert_same_state, bundle
 from fhb.training.runs import RunStudent, load_run_student
 
 __all__ = [
@@ -71,120 +66,20 @@ CARD_NAME = "model_card.md"
 UPSTREAM_NAME = "fithubert_fhb"
 """The S3PRL upstream's name (``-u fithubert_fhb``) and folder (``s3prl/upstream/fithubert_fhb``)."""
 BUNDLE_PACKAGE = "_fhb"
-BUNDLE_ROOTS: tuple[str, ...] = ("fhb.student.model", "fhb.student.config")
-"""Modules whose fhb import closure is bundled into the upstream."""
-_ALLOWED_THIRD_PARTY = frozenset({"torch", "yaml"})
 
 
 # ---------------------------------------------------------------------------------- bundling
 
 
-def _module_file(name: str) -> Path:
-    spec = importlib.util.find_spec(name)
-    assert spec is not None and spec.origin is not None, name
-    assert spec.submodule_search_locations is None, f"{name} is a package; bundle its modules instead"
-    return Path(spec.origin)
-
-
-def _fhb_imports(tree: ast.AST) -> list[ast.ImportFrom | ast.Import]:
-    """Absolute imports of ``fhb`` modules anywhere in ``tree`` (function-level ones included)."""
-    found: list[ast.ImportFrom | ast.Import] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and (
-            node.module == "fhb" or node.module.startswith("fhb.")
-        ):
-            found.append(node)
-        elif isinstance(node, ast.Import) and any(a.name == "fhb" or a.name.startswith("fhb.") for a in node.names):
-            found.append(node)
-    return found
-
-
-def _third_party(tree: ast.AST) -> set[str]:
-    """Top-level names of absolute non-fhb imports in ``tree``."""
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(a.name.split(".")[0] for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
-    return {n for n in names if n != "fhb" and n != "__future__" and n not in sys.stdlib_module_names}
-
-
-def _closure(roots: tuple[str, ...]) -> list[str]:
-    """fhb modules the roots import, transitively (sorted)."""
-    seen: set[str] = set()
-    todo = list(roots)
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        tree = ast.parse(_module_file(name).read_text(encoding="utf-8"))
-        for node in _fhb_imports(tree):
-            if isinstance(node, ast.Import) or node.module == "fhb":
-                raise AssertionError(f"{name}: `import fhb...` / `from fhb import` cannot be bundled; "
-                                     "import from the defining module")
-            assert node.module is not None
-            todo.append(node.module)
-    return sorted(seen)
-
-
-def _rewrite(name: str, source: str) -> str:
-    """``source`` of module ``name`` with every ``from fhb.a.b import`` made package-relative."""
-    depth = name.count(".") - 1  # fhb.student.model -> 1 package below the bundle root
-    lines = source.splitlines(keepends=True)
-    for node in _fhb_imports(ast.parse(source)):
-        assert isinstance(node, ast.ImportFrom) and node.module is not None
-        line = lines[node.lineno - 1]
-        target = "." * (depth + 1) + node.module[len("fhb."):]
-        new, count = re.subn(rf"\bfrom\s+{re.escape(node.module)}\b", f"from {target}", line, count=1)
-        assert count == 1, f"{name}:{node.lineno}: cannot rewrite {line!r}"
-        lines[node.lineno - 1] = new
-    out = "".join(lines)
-    assert not _fhb_imports(ast.parse(out)), f"{name}: fhb imports left after rewriting"
-    return out
-
-
 def bundle_student_sources(dest: Path, roots: tuple[str, ...] = BUNDLE_ROOTS) -> dict[str, str]:
-    """Copy fhb's student modules into the package ``dest`` with package-relative imports.
-
-    ``fhb.x.y`` is written to ``dest/x/y.py``; every package level gets a docstring-only
-    ``__init__.py`` (fhb's own ``__init__`` files import more than the student needs).
-
-    Args:
-        dest: the bundle package folder (``<upstream>/_fhb``); created.
-        roots: modules whose fhb import closure is bundled.
+    """Copy fhb's student modules into the package ``dest`` (``<upstream>/_fhb``) with package-relative
+    imports (`fhb.stages.bundle.bundle`, ``package`` layout; torch and pyyaml allowed).
 
     Returns:
         ``{"fhb/x/y.py": sha256 of the original source}``, also written to ``dest/BUNDLE.json``.
-
-    Raises:
-        AssertionError: a bundled module imports something other than the standard library,
-            torch, pyyaml or other bundled fhb modules (a bug in fhb, not a user error).
     """
-    import fhb
-
-    dest.mkdir(parents=True, exist_ok=True)
-    hashes: dict[str, str] = {}
-    packages: set[tuple[str, ...]] = {()}
-    for name in _closure(roots):
-        source = _module_file(name).read_text(encoding="utf-8")
-        extra = _third_party(ast.parse(source)) - _ALLOWED_THIRD_PARTY
-        assert not extra, f"{name} imports {sorted(extra)}: the S3PRL upstream may depend on torch and pyyaml only"
-        parts = name.split(".")[1:]
-        target = dest.joinpath(*parts[:-1], parts[-1] + ".py")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(_rewrite(name, source), encoding="utf-8")
-        hashes["/".join(name.split(".")) + ".py"] = hashlib.sha256(source.encode()).hexdigest()
-        packages.update(tuple(parts[:i]) for i in range(len(parts)))
-    for package in packages:
-        init = dest.joinpath(*package, "__init__.py")
-        dotted = ".".join(("fhb", *package))
-        init.write_text(f'"""{dotted}, bundled by fhb {fhb.__version__} for the S3PRL upstream '
-                        '(see BUNDLE.json)."""\n', encoding="utf-8")
-    manifest = {"fhb_version": fhb.__version__, "roots": list(roots), "sources": hashes}
-    (dest / "BUNDLE.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return hashes
+    return bundle(dest, layout="package", allowed=frozenset({"torch", "yaml"}), manifest="BUNDLE.json",
+                  purpose="the S3PRL upstream", roots=roots)
 
 
 _README = """\
@@ -217,8 +112,16 @@ python3 run_downstream.py -m train -n fit_asr -u {name} -d asr \\
     -k {abs_ckpt} -g {abs_yaml} -s hidden_states
 ```
 
-`-s hidden_states` (the default) trains S3PRL's weighted sum over all {num_states} hidden states;
-`-s last_hidden_state` uses the published upstream's feature (the last prediction head).
+**The paper's SUPERB numbers use `-s last_hidden_state`**: the published upstream's feature (the
+last prediction head). To compare with the paper, run that:
+
+```bash
+python3 run_downstream.py -m train -n fit_asr_paper -u {name} -d asr \\
+    -k {abs_ckpt} -g {abs_yaml} -s last_hidden_state
+```
+
+`-s hidden_states` (the command above, S3PRL's default) trains S3PRL's weighted sum over all
+{num_states} hidden states: the SUPERB weighted-sum protocol, not the paper's setting.
 
 ## Outputs
 
@@ -278,13 +181,13 @@ def write_s3prl_upstream(out: Path, config: Any, ckpt_path: Path, yaml_path: Pat
 
 
 def _run_facts(run: Path | None) -> dict[str, Any]:
-    """What the run recorded: its config.yaml sections, train/eval records of metrics.jsonl."""
+    """What the run recorded: its config.yaml sections, train/eval/selected records of metrics.jsonl."""
     import yaml
 
     from fhb.student.config import safe_yaml_load
     from fhb.training import run_state
 
-    facts: dict[str, Any] = {"config": {}, "train": [], "eval": []}
+    facts: dict[str, Any] = {"config": {}, "train": [], "eval": [], "selected": []}
     if run is None or not run.is_dir():
         return facts
     cfg_path = run / run_state.CONFIG
@@ -297,9 +200,20 @@ def _run_facts(run: Path | None) -> dict[str, Any]:
         facts["config"] = loaded if isinstance(loaded, dict) else {}
     if (run / run_state.METRICS).is_file():
         for rec in run_state.read_metrics(run):
-            if rec.get("kind") in ("train", "eval"):
+            if rec.get("kind") in ("train", "eval", "selected"):
                 facts[rec["kind"]].append(rec)
     return facts
+
+
+def _selected_text(selected: dict[str, Any] | None) -> str:
+    """Which student ``fhb distill`` wrote as ``student.pt`` (its ``selected`` metrics record)."""
+    if not selected:
+        return "not recorded"
+    if selected.get("selected") == "best":
+        return (f"best by dev loss ({selected.get('split')}: {selected.get('dev_loss'):.6g}) at update "
+                f"{selected.get('step')}, as the published best checkpoint")
+    early = ", stopped early" if selected.get("stopped_early") else ""
+    return f"last update ({selected.get('step')}{early})"
 
 
 def _lake_teacher(lake: str | None) -> dict[str, Any] | None:
@@ -343,6 +257,7 @@ def write_model_card(path: Path, found: RunStudent, run: Path | None) -> dict[st
         "imported_from": imported.get("source"),
         "steps": steps,
         "dev": last_eval,
+        "selected": facts["selected"][-1] if facts["selected"] else None,
         "params_training": model.num_parameters(),
         "params_inference": model.num_parameters(inference=True),
     }
@@ -361,6 +276,7 @@ def write_model_card(path: Path, found: RunStudent, run: Path | None) -> dict[st
         lines.append(f"| imported from | `{card['imported_from']}` (sha256 `{imported.get('sha256')}`) |")
     lines += [
         f"| optimizer updates | {steps} |",
+        f"| released student | {_selected_text(card['selected'])} |",
         f"| parameters (training, all heads) | {card['params_training']:,} |",
         f"| parameters (inference, S3PRL) | {card['params_inference']:,} |",
         "",
@@ -404,7 +320,7 @@ def write_safetensors(model: Any, config: Any, path: Path, step: int = 0) -> Pat
     """
     from safetensors.torch import save
 
-    from fhb.pipeline.files import atomic_write_bytes
+    from fhb.files import atomic_write_bytes
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": "pt", "fhb_config": json.dumps(config.to_dict()), "global_step": str(int(step))}
@@ -418,17 +334,13 @@ def _verify(ckpt: Path, yaml_path: Path, model: Any, safetensors_path: Path | No
     from fhb.student.checkpoint import load_student
 
     reloaded, _ = load_student(ckpt, yaml_path)
-    ours, theirs = model.state_dict(), reloaded.state_dict()
-    assert list(ours) == list(theirs), "exported key order differs"
-    bad = [k for k in ours if not torch.equal(ours[k].cpu(), theirs[k])]
-    assert not bad, f"exported tensors differ: {bad[:5]}"
+    ours = model.state_dict()
+    assert_same_state(ours, reloaded.state_dict(), f"exported {ckpt.name}")
     if safetensors_path is not None:
         from safetensors.torch import load_file
 
-        plain = load_file(str(safetensors_path))
-        assert set(plain) == set(ours), "safetensors keys differ"  # safetensors orders keys itself
-        bad = [k for k in ours if not torch.equal(ours[k].cpu(), plain[k])]
-        assert not bad, f"safetensors tensors differ: {bad[:5]}"
+        # safetensors orders keys itself
+        assert_same_state(ours, load_file(str(safetensors_path)), f"exported {safetensors_path.name}", ordered=False)
 
 
 def export_s3prl(
@@ -459,7 +371,7 @@ def export_s3prl(
         FhbError: no such run/checkpoint, a student in the inference layout (the published
             format needs every head), or a non-empty ``out`` without ``overwrite``.
     """
-    from fhb.pipeline.files import build_beside, check_out_apart, check_replaceable
+    from fhb.files import build_beside, check_out_apart, check_replaceable
     from fhb.student.checkpoint import save_published_checkpoint
 
     out = Path(out)

@@ -35,8 +35,6 @@ and only then is it renamed to ``OUT``.
 
 from __future__ import annotations
 
-import ast
-import hashlib
 import json
 import logging
 import re
@@ -48,14 +46,8 @@ from typing import Any
 import torch
 
 from fhb.errors import FhbError
-from fhb.stages.export import (
-    BUNDLE_ROOTS,
-    _closure,
-    _fhb_imports,
-    _module_file,
-    _third_party,
-    write_model_card,
-)
+from fhb.stages.bundle import BUNDLE_ROOTS, assert_same_state, bundle
+from fhb.stages.export import write_model_card
 from fhb.training.runs import RunStudent, load_run_student
 
 __all__ = [
@@ -89,8 +81,6 @@ REMOTE = "FitHuBERTModel"
 REMOTE_PREFIX = "student."
 """Key prefix of the remote-code model's weights (its fhb student is ``model.student``)."""
 SAMPLE_RATE = 16000
-_FLAT_ALLOWED = frozenset({"torch"})
-_FLAT_LAZY = frozenset({"yaml"})
 """Allowed inside functions only (``FitConfig.to_yaml`` and friends), which the model never calls."""
 _HF_ACTIVATIONS: dict[str, str] = {
     "gelu": "gelu",
@@ -213,58 +203,18 @@ def rename(keys: list[str], rules: list[tuple[str, str]], reverse: bool = False)
 # ---------------------------------------------------------------------------------- remote code
 
 
-def _flat_name(module: str) -> str:
-    """``fhb.student.model`` -> ``fhb_student_model`` (a sibling module of modeling_fithubert.py)."""
-    return module.replace(".", "_")
-
-
-def _rewrite_flat(name: str, source: str) -> str:
-    """``source`` of module ``name`` with every ``from fhb.a.b import`` made ``from .fhb_a_b import``."""
-    lines = source.splitlines(keepends=True)
-    for node in _fhb_imports(ast.parse(source)):
-        assert isinstance(node, ast.ImportFrom) and node.module is not None
-        line = lines[node.lineno - 1]
-        new, count = re.subn(rf"\bfrom\s+{re.escape(node.module)}\b", f"from .{_flat_name(node.module)}", line,
-                             count=1)
-        assert count == 1, f"{name}:{node.lineno}: cannot rewrite {line!r}"
-        lines[node.lineno - 1] = new
-    out = "".join(lines)
-    assert not _fhb_imports(ast.parse(out)), f"{name}: fhb imports left after rewriting"
-    return out
-
-
 def bundle_flat_sources(dest: Path, roots: tuple[str, ...] = BUNDLE_ROOTS) -> dict[str, str]:
-    """Copy fhb's student modules into ``dest`` as flat sibling modules (``fhb_x_y.py``).
+    """Copy fhb's student modules into ``dest`` as flat sibling modules (``fhb_x_y.py``) for
+    transformers' remote-code loader (`fhb.stages.bundle.bundle`, ``flat`` layout).
 
-    The same import closure as :func:`fhb.stages.export.bundle_student_sources`, laid out for
-    transformers' remote-code loader: ``fhb.x.y`` is written to ``dest/fhb_x_y.py`` and its
-    ``from fhb.a.b import`` lines become ``from .fhb_a_b import``.
+    Only torch at module level; pyyaml inside functions only (the yaml readers and writers of
+    ``fhb.student.config``, which the model never calls).
 
     Returns:
         ``{"fhb/x/y.py": sha256 of the original source}``, also written to ``dest/fhb_bundle.json``.
-
-    Raises:
-        AssertionError: a bundled module imports something other than the standard library,
-            torch or other bundled fhb modules at module level, or anything but those and pyyaml
-            inside a function (the yaml readers and writers of ``fhb.student.config``, which the
-            model never calls); a bug in fhb, not a user error.
     """
-    import fhb
-
-    dest.mkdir(parents=True, exist_ok=True)
-    hashes: dict[str, str] = {}
-    for name in _closure(roots):
-        source = _module_file(name).read_text(encoding="utf-8")
-        tree = ast.parse(source)
-        top = ast.Module(body=[n for n in tree.body if not isinstance(n, (ast.FunctionDef, ast.ClassDef))],
-                         type_ignores=[])
-        extra = (_third_party(top) - _FLAT_ALLOWED) | (_third_party(tree) - _FLAT_ALLOWED - _FLAT_LAZY)
-        assert not extra, f"{name} imports {sorted(extra)}: the transformers remote code may depend on torch only"
-        (dest / f"{_flat_name(name)}.py").write_text(_rewrite_flat(name, source), encoding="utf-8")
-        hashes["/".join(name.split(".")) + ".py"] = hashlib.sha256(source.encode()).hexdigest()
-    manifest = {"fhb_version": fhb.__version__, "roots": list(roots), "sources": hashes}
-    (dest / BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return hashes
+    return bundle(dest, layout="flat", allowed=frozenset({"torch"}), allowed_in_functions=frozenset({"yaml"}),
+                  manifest=BUNDLE_MANIFEST, purpose="the transformers remote code", roots=roots)
 
 
 def remote_config(config: Any) -> dict[str, Any]:
@@ -461,11 +411,7 @@ def _verify(folder: Path, model: Any) -> None:
     """Read the written tensors back as fhb's student state and compare them bit for bit."""
     from fhb.stages.import_hf import student_state_from_export
 
-    ours = model.state_dict()
-    theirs = student_state_from_export(folder, model)
-    assert list(ours) == list(theirs), "exported keys differ"
-    bad = [k for k in ours if not torch.equal(ours[k].cpu(), theirs[k])]
-    assert not bad, f"exported tensors differ: {bad[:5]}"
+    assert_same_state(model.state_dict(), student_state_from_export(folder, model), f"exported {folder.name}")
 
 
 def export_hf(
@@ -491,7 +437,7 @@ def export_hf(
         FhbError: no such run/checkpoint, or a non-empty ``out`` without ``overwrite``.
     """
     import fhb
-    from fhb.pipeline.files import build_beside, check_out_apart, check_replaceable
+    from fhb.files import build_beside, check_out_apart, check_replaceable
     from fhb.stages.hf_template import TEMPLATE_FILES, template_dir
 
     out = Path(out)

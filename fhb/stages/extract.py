@@ -27,13 +27,13 @@ import numpy as np
 import torch
 
 from fhb.errors import FhbError
+from fhb.files import check_out_apart
 from fhb.pipeline.audio import AudioError, load_audio_int16
 from fhb.pipeline.corpus import Manifest, scan_librispeech
 from fhb.pipeline.lake_teacher import store_teacher
-from fhb.pipeline.files import check_out_apart
 from fhb.pipeline.precision import check_device, check_precision, check_precision_name
 from fhb.pipeline.teacher import Teacher, TeacherSpec, load_teacher, read_teacher_spec
-from fhb.stages.shard_plan import ShardJob, plan_shards
+from fhb.stages.shard_plan import ORDERS, ShardJob, plan_shards
 from fhb.storage import LakeMeta, LakeWriter, ShardWriter, SplitInfo, TeacherMeta
 from fhb.storage.schema import json_config
 
@@ -195,7 +195,7 @@ def extract_shard(job: ShardJob, meta: LakeMeta, opts: ExtractOptions) -> ShardR
                 targets[i] = out.numpy()
                 if feat is not None:
                     cnn[i] = feat.numpy()
-            # write in manifest order as soon as the prefix is complete (bounded memory)
+            # write in the job's (storage) order as soon as the prefix is complete (bounded memory)
             while next_to_write < len(usable) and usable[next_to_write] in targets:
                 i = usable[next_to_write]
                 utt = job.utterances[i]
@@ -247,6 +247,7 @@ def run_extract(
     on_bad_audio: str = "error",
     overwrite: bool = False,
     progress: Any = None,
+    order: str = "length",
 ) -> ExtractSummary:
     """Extract ``splits`` of the corpus at ``libri_root`` with ``teacher`` into the lake ``out``.
 
@@ -270,9 +271,14 @@ def run_extract(
         on_bad_audio: ``error`` stops at the first unusable file; ``skip`` lists and skips it.
         overwrite: replace a lake of another teacher / layers / dtype.
         progress: an optional callback ``(ShardResult, done, total) -> None``.
+        order: storage order of each split's utterances: ``length`` (longest first: neighbouring
+            rows have about equal lengths, so training batches pad little and read contiguous
+            rows) or ``manifest`` (by id; resumes a lake written before length order existed).
     """
     from fhb.pipeline.cluster import default_workers, dask_client, threads_per_worker
 
+    if order not in ORDERS:
+        raise FhbError(f"--order {order!r}: expected one of {', '.join(ORDERS)}; pass one of them")
     if on_bad_audio not in BAD_AUDIO_POLICIES:
         raise FhbError(f"--on-bad-audio {on_bad_audio!r}: expected one of {', '.join(BAD_AUDIO_POLICIES)}")
     if not (0 < shard_hours < math.inf and 0 < batch_seconds < math.inf):  # NaN fails too
@@ -307,7 +313,7 @@ def run_extract(
         on_bad_audio=on_bad_audio, torch_threads=threads or threads_per_worker(max(1, workers)),
         teacher_sha256=spec.sha256, teacher_size=spec.size, teacher_mtime_ns=spec.mtime_ns,
     )
-    plans = plan_shards(manifest, splits, shard_hours, include_problems=on_bad_audio == "skip")
+    plans = plan_shards(manifest, splits, shard_hours, include_problems=on_bad_audio == "skip", order=order)
     summary = ExtractSummary(lake=Path(out))
     with _lake_write_errors(Path(out)), LakeWriter(out, meta, overwrite=overwrite) as lake:
         store_teacher(lake, teacher, sha256=spec.sha256)  # stage two needs nothing but the lake

@@ -35,14 +35,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ImportResult:
-    """What :func:`import_checkpoint` wrote.
+    """What :func:`import_checkpoint` (or `fhb.stages.import_hf.import_hf`) wrote.
 
     Attributes:
         run: the run directory.
         student: ``RUN/student.pt``.
-        kind: the source's format (``lightning``, ``fhb``, ``state_dict``).
+        kind: the source's format (``lightning``, ``fhb``, ``state_dict``; for `fhb import-hf` the
+            folder's architecture, ``HubertModel`` or ``FitHuBERTModel``).
         step: the source's optimizer updates (Lightning ``global_step``).
-        sha256: of the source file.
+        sha256: of the source file (for `fhb import-hf`: of its ``model.safetensors``).
         num_tensors: student tensors imported.
     """
 
@@ -94,7 +95,7 @@ def import_checkpoint(ckpt: Path, out: Path, config: Path | None = None, *, over
 
 def check_imported_out(out: Path, inputs: dict[str, Path | None], command: str) -> None:
     """Refuse an ``out`` that is or contains an input, or holds files fhb did not write (before any work)."""
-    from fhb.pipeline.files import check_out_apart, check_replaceable
+    from fhb.files import check_out_apart, check_replaceable
 
     check_out_apart(out, inputs, command)
     check_replaceable(out, command, _RUN_LAYOUT)
@@ -104,7 +105,7 @@ def write_imported_run(
     out: Path, model: FitHuBERT, config: FitConfig, record: dict[str, Any], *, epoch: int = 0, step: int = 0
 ) -> Path:
     """Write the run layout (module docstring) for an imported student, built beside ``out`` and
-    swapped in (`fhb.pipeline.files.build_beside`).
+    swapped in (`fhb.files.build_beside`).
 
     Args:
         out: the run directory; replaced if it exists (the caller checked ``--overwrite``).
@@ -120,7 +121,7 @@ def write_imported_run(
     """
     import yaml
 
-    from fhb.pipeline.files import atomic_write_text, build_beside
+    from fhb.files import atomic_write_text, build_beside
     from fhb.student.checkpoint import save_student
     from fhb.training import run_state
 

@@ -12,41 +12,20 @@ their prefix. Safetensors only: no pickle is read.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fhb.errors import FhbError
+from fhb.pipeline.checkpoint_io import sha256_file
+from fhb.stages.import_ckpt import ImportResult
 
-__all__ = ["HFImportResult", "import_hf", "read_export_meta", "student_state_from_export"]
+__all__ = ["import_hf", "read_export_meta", "student_state_from_export"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class HFImportResult:
-    """What :func:`import_hf` wrote.
-
-    Attributes:
-        run: the run directory.
-        student: ``RUN/student.pt``.
-        architecture: the folder's ``HubertModel`` or ``FitHuBERTModel``.
-        step: the exported student's optimizer updates.
-        sha256: of the folder's ``model.safetensors``.
-        num_tensors: student tensors imported.
-    """
-
-    run: Path
-    student: Path
-    architecture: str
-    step: int
-    sha256: str
-    num_tensors: int
 
 
 def read_export_meta(folder: Path) -> dict[str, Any]:
@@ -132,15 +111,7 @@ def student_state_from_export(folder: Path, model: Any) -> dict[str, torch.Tenso
     return {k: state[k] for k in expected}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def import_hf(folder: Path, out: Path, *, overwrite: bool = False) -> HFImportResult:
+def import_hf(folder: Path, out: Path, *, overwrite: bool = False) -> ImportResult:
     """Turn an ``fhb export-hf`` folder into an fhb run directory (see the module docstring).
 
     Args:
@@ -172,10 +143,10 @@ def import_hf(folder: Path, out: Path, *, overwrite: bool = False) -> HFImportRe
     model = build_fit_student(dataclasses.replace(config, distiller=distiller))
     model.load_state_dict(student_state_from_export(folder, model), strict=True)
     step = int(meta.get("step") or 0)
-    sha = _sha256(folder / WEIGHTS_NAME)
+    sha = sha256_file(folder / WEIGHTS_NAME)
     record = {"source": str(folder.resolve()), "sha256": sha, "kind": "transformers", "global_step": step,
               "epoch": 0, "config": None, "architecture": meta["architecture"]}
     write_imported_run(out, model, config, record, step=step)
     n = len(model.state_dict())
     log.info("imported %s (%s, update %d, %d tensors) into %s", folder, meta["architecture"], step, n, out)
-    return HFImportResult(out, out / run_state.STUDENT, meta["architecture"], step, sha, n)
+    return ImportResult(out, out / run_state.STUDENT, meta["architecture"], step, sha, n)

@@ -25,7 +25,6 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
 from fhb.errors import FhbError
 import numpy as np
@@ -78,12 +77,7 @@ class LakeWriter:
             raise
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._meta = None
         self._lock.release()
 

@@ -22,7 +22,6 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from fhb.errors import FhbError
 from fhb.storage.schema import LOCK_FILE
@@ -209,12 +208,7 @@ class LakeLock:
     def __enter__(self) -> LakeLock:
         return self.acquire()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.release()
 
 

@@ -179,15 +179,6 @@ def read_header(path: str | os.PathLike[str]) -> Header:
     return parse_header(head, size, str(path))
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of the file at ``path``, read in 4 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_safetensors(
     path: str | os.PathLike[str], sha256: str | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:

@@ -584,7 +584,7 @@ def crc32(a: np.ndarray) -> int:
 
 @dataclass(frozen=True)
 class ShardIndex:
-    """Utterance index of one shard (rows in manifest order).
+    """Utterance index of one shard (rows in storage order: length or manifest, see lake-format.md).
 
     Strings are lists; counts and offsets are int64 arrays of length ``n``.
     """

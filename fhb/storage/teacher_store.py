@@ -30,7 +30,8 @@ import numpy as np
 
 from fhb.errors import FhbError
 from fhb.storage.layout import local_lake_dir, read_node_attrs, remove_tree
-from fhb.storage.safetensors_file import file_sha256, read_header, read_safetensors, write_safetensors
+from fhb.files import sha256_file
+from fhb.storage.safetensors_file import read_header, read_safetensors, write_safetensors
 from fhb.storage.schema import (
     TEACHER_CONFIG_FILE,
     TEACHER_DIR,
@@ -124,7 +125,7 @@ def _problems(
     if len(header.tensors) != stored.num_tensors:
         problems.append(f"{path}: expected {stored.num_tensors} tensors, found {len(header.tensors)}")
     if check_data and not problems:
-        found = file_sha256(path)
+        found = sha256_file(path)
         if found != weights.sha256:
             problems.append(f"{path}: expected sha256 {weights.sha256}, found {found} (damaged)")
     return stored, problems

@@ -40,6 +40,7 @@ import torch
 
 import fhb
 from fhb.errors import FhbError
+from fhb.files import atomic_torch_save, atomic_write_text
 from fhb.pipeline.checkpoint_io import (
     InertStub,
     RefusedGlobalError,
@@ -47,7 +48,6 @@ from fhb.pipeline.checkpoint_io import (
     plain_config,
     restricted_pickle,
 )
-from fhb.pipeline.files import atomic_torch_save, atomic_write_text
 from fhb.student.config import FitConfig, load_fithubert_yaml
 from fhb.student.model import FitHuBERT, build_fit_student
 

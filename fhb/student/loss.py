@@ -235,7 +235,7 @@ class DistillLoss:
         Raises:
             FhbError: a required target is missing or shorter than the prediction.
         """
-        zero = out.cnn_features.new_zeros(())
+        zero = out.cnn_features.new_zeros((), dtype=torch.float32)
         rec = sim = cnn = zero
         per_layer: dict[int, torch.Tensor] = {}
         weights: dict[int, float] = {}
@@ -250,7 +250,7 @@ class DistillLoss:
                 raise FhbError("expected teacher layers for the reconstruction loss, found None")
             rec_terms, sim_terms = [], []
             for pair in pairs:
-                pred = out.projections[pair.head]
+                pred = out.projections[pair.head].float()  # fp32 loss, as autocast runs mse_loss
                 target = self._target(targets, pair.layer, pred)
                 valid = self._valid(pred, out.projection_lengths, target_lengths)
                 if self.cfg.rec_loss_weight > 0:
@@ -318,7 +318,7 @@ class DistillLoss:
 
     def _cnn(self, out: StudentOutput, cnn_targets: torch.Tensor | None, target_lengths: torch.Tensor | None) -> torch.Tensor:
         """L1 between the student's and the teacher's projected CNN features."""
-        pred = out.cnn_features
+        pred = out.cnn_features.float()  # fp32 loss, as autocast runs l1_loss
         if cnn_targets is None:
             raise FhbError(
                 "train.cnn_loss_weight > 0: expected the teacher's CNN features (cnn_targets), found "

@@ -98,3 +98,30 @@ def all_reduce_min(value: int, info: DistInfo) -> int:
         t = t.cuda()
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return int(t.item())
+
+
+def all_reduce_mean(values: list[float], info: DistInfo) -> list[float]:
+    """The mean of each value over ranks (every rank must call it with the same number of values)."""
+    if not info.enabled or not values:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return [float(x) / info.world_size for x in t.cpu().tolist()]
+
+
+def broadcast_from_main(value: float, info: DistInfo) -> float:
+    """Rank 0's ``value`` on every rank (e.g. the dev loss only rank 0 computes)."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([value if info.is_main else 0.0], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.broadcast(t, src=0)
+    return float(t.item())
+
+
+def env_world_size() -> int:
+    """The number of processes torchrun started (``WORLD_SIZE``; 1 without torchrun)."""
+    return _env_int("WORLD_SIZE", 1)

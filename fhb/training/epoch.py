@@ -20,6 +20,16 @@ batch on which DDP rank, in which order:
    batches of the longer ranks are dropped for this epoch (a different random set each epoch),
    so DDP ranks step in lockstep. Nothing is repeated.
 
+**Sorted bucketing** (``bucketing="sorted"``, what ``fhb distill`` uses by default): the published
+loader's batches. The whole set is sorted by (cropped) length, longest first (ties in storage
+order), and cut into fixed batches of ``batch_size`` consecutive utterances (or at most
+``batch_seconds`` of padded audio); only the batch order is random. Consecutive batches whose first
+utterance lies in the same block form a *group*; groups take the place of blocks in steps 2-4
+(shuffled, dealt to ranks, ``window_blocks`` groups per window, batch order shuffled within the
+window), so on a lake written in length order (``fhb extract`` does so) the batches of a window
+are contiguous rows and the loader reads as sequentially as with window bucketing. On a lake in
+another order the batches are the same, only the reads are scattered.
+
 ``max_seconds`` crops longer utterances to a random window starting on a frame boundary (a
 multiple of ``samples_per_frame``); the crop of ``C`` samples starting at frame ``k`` owns target
 frames ``k : k + conv_output_length(C)``.
@@ -87,6 +97,16 @@ class EpochPlan:
     def __len__(self) -> int:
         return len(self.ranks[0]) if self.ranks else 0
 
+    def padded_frames_share(self) -> float:
+        """Padding's share of the target frames of every rank's batches (``B x max T`` each)."""
+        padded = total = 0
+        for rank in self.ranks:
+            for b in rank:
+                frames = [u.num_frames for u in b.utts]
+                total += len(frames) * max(frames)
+                padded += len(frames) * max(frames) - sum(frames)
+        return padded / total if total else 0.0
+
 
 def plan_epoch(
     entries: Sequence[PlanEntry],
@@ -105,15 +125,19 @@ def plan_epoch(
     sample_rate: int = 16000,
     samples_per_frame: int = 320,
     block_chunks: int = DEFAULT_BLOCK_CHUNKS,
+    bucketing: str = "window",
 ) -> EpochPlan:
     """Plan one epoch (see the module docstring); deterministic in ``(seed, epoch)``.
 
-    ``entries``: utterances in manifest order (consecutive entries of one ``source`` are
+    ``entries``: utterances in storage order (consecutive entries of one ``source`` are
     contiguous in frames). ``frames_of``: samples -> frames of the teacher's conv stack.
-    ``shuffle=False`` keeps manifest order (blocks, windows and batches unshuffled; length
-    bucketing still applies inside a window).
+    ``shuffle=False`` keeps storage order (blocks, windows and batches unshuffled; length
+    bucketing still applies inside a window). ``bucketing``: ``window`` (steps 1-5) or ``sorted``
+    (the published fixed batches over the whole set, see the module docstring).
     """
     check_batching(batch_size, batch_seconds)
+    if bucketing not in BUCKETINGS:
+        raise FhbError(f"bucketing: expected one of {list(BUCKETINGS)}, found {bucketing!r}; pass one of them")
     if world_size < 1 or window_blocks < 1 or block_chunks < 1 or chunk_frames < 1:
         raise FhbError(
             f"epoch plan: expected world_size, window_blocks, block_chunks, chunk_frames >= 1, "
@@ -158,9 +182,15 @@ def plan_epoch(
             last_key = key
         blocks[-1].append(i)
         block_of[i] = len(blocks) - 1
+    budget = None if batch_seconds is None else int(batch_seconds * sample_rate)
+    units: list[list[int]] = blocks  # what is shuffled and dealt: blocks, or groups of sorted batches
+    fixed: list[list[list[int]]] | None = None  # sorted bucketing: each group's batches
+    if bucketing == "sorted":
+        fixed = _sorted_groups(entries, crop_samples, batch_size, budget, drop_last, span)
+        units = [[i for bt in g for i in bt] for g in fixed]
     order = (
-        np.random.default_rng(block_seq).permutation(len(blocks)) if shuffle
-        else np.arange(len(blocks))
+        np.random.default_rng(block_seq).permutation(len(units)) if shuffle
+        else np.arange(len(units))
     )
 
     # Ranks: deal blocks to the rank with the least audio so far.
@@ -169,7 +199,7 @@ def plan_epoch(
     for b in order:
         r = int(np.argmin(load))
         rank_blocks[r].append(int(b))
-        load[r] += int(crop_samples[blocks[b]].sum())
+        load[r] += int(crop_samples[units[b]].sum())
 
     def planned(i: int) -> PlannedUtt:
         return PlannedUtt(
@@ -178,7 +208,6 @@ def plan_epoch(
             num_frames=int(crop_frames[i]),
         )
 
-    budget = None if batch_seconds is None else int(batch_seconds * sample_rate)
     ranks: list[list[PlannedBatch]] = []
     for r in range(world_size):
         rng = np.random.default_rng(rank_seqs[r])
@@ -187,6 +216,12 @@ def plan_epoch(
         mine = rank_blocks[r]
         num_windows = -(-len(mine) // window_blocks)
         for w in range(num_windows):
+            if fixed is not None:
+                batches = [bt for g in mine[w * window_blocks : (w + 1) * window_blocks] for bt in fixed[g]]
+                if shuffle:
+                    batches = [batches[j] for j in rng.permutation(len(batches))]
+                out.extend(PlannedBatch(w, tuple(planned(i) for i in bt)) for bt in batches)
+                continue
             pool = carry + [i for b in mine[w * window_blocks : (w + 1) * window_blocks]
                             for i in blocks[b]]
             if shuffle:
@@ -212,6 +247,40 @@ def plan_epoch(
             epoch, dropped_batches, dropped_utts, world_size, keep,
         )
     return EpochPlan(tuple(tuple(x[:keep]) for x in ranks), dropped_batches, dropped_utts)
+
+
+BUCKETINGS = ("window", "sorted")
+"""``window``: length-sorted batches within shuffled windows (fhb's streaming default);
+``sorted``: the published fixed batches over the whole length-sorted set."""
+
+
+def _sorted_groups(entries: Sequence[PlanEntry], lengths: np.ndarray, batch_size: int | None, budget: int | None,
+                   drop_last: bool, span: int) -> list[list[list[int]]]:
+    """The published batches (longest first), grouped by the block of each batch's first utterance."""
+    order = sorted(range(len(entries)), key=lambda i: (-int(lengths[i]), i))
+    batches: list[list[int]] = []
+    if batch_size is not None:
+        batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+        if drop_last and batches and len(batches[-1]) < batch_size:
+            batches.pop()
+    else:
+        assert budget is not None
+        for i in order:
+            # Sorted descending: the padded size of a batch is its length times its first length.
+            if batches and (len(batches[-1]) + 1) * int(lengths[batches[-1][0]]) <= budget:
+                batches[-1].append(i)
+            else:
+                batches.append([i])
+    groups: list[list[list[int]]] = []
+    last_key: tuple[int, int] | None = None
+    for bt in batches:
+        e = entries[bt[0]]
+        key = (e.source, e.frame_offset // span)
+        if key != last_key:
+            groups.append([])
+            last_key = key
+        groups[-1].append(bt)
+    return groups
 
 
 def check_batching(batch_size: int | None, batch_seconds: float | None) -> None:

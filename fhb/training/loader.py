@@ -45,7 +45,6 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -595,7 +594,9 @@ class LakeLoader:
     ``max_seconds`` crops longer utterances (random, frame-aligned). ``rank``/``world_size``:
     DDP; every rank gets the same number of batches (trailing extras dropped). ``workers``: decode
     processes (0 = in-process). ``prefetch``: batches to keep decoded ahead (rounded up to whole
-    windows). ``window_blocks``: blocks per shuffle window.
+    windows). ``window_blocks``: blocks (or groups of batches) per shuffle window. ``bucketing``:
+    ``window`` or ``sorted`` (the published fixed batches over the whole length-sorted set; see
+    `fhb.training.epoch`).
 
     Resumable: ``state_dict()`` after ``k`` batches, then ``load_state_dict`` in a new loader (same
     lake, splits, seed, batching and world size) and ``__iter__`` yields batches ``k..`` of that
@@ -620,6 +621,7 @@ class LakeLoader:
         drop_last: bool = False,
         pin_memory: bool = False,
         window_blocks: int = 8,
+        bucketing: str = "window",
     ) -> None:
         check_batching(batch_size, batch_seconds)
         if not 0 <= rank < world_size:
@@ -686,7 +688,7 @@ class LakeLoader:
         self.seed, self.workers, self.prefetch = int(seed), int(workers), int(prefetch)
         self.rank, self.world_size = int(rank), int(world_size)
         self.cnn_features, self.shuffle, self.drop_last = cnn_features, shuffle, drop_last
-        self.pin_memory, self.window_blocks = pin_memory, int(window_blocks)
+        self.pin_memory, self.window_blocks, self.bucketing = pin_memory, int(window_blocks), bucketing
         self.sample_rate = meta.sample_rate
         self.samples_per_frame = meta.samples_per_frame
         self._epoch = 0
@@ -741,6 +743,7 @@ class LakeLoader:
             drop_last=self.drop_last,
             sample_rate=self.sample_rate,
             samples_per_frame=self.samples_per_frame,
+            bucketing=self.bucketing,
         )
         self._plan_cache = (epoch, plan)
         return plan
@@ -863,12 +866,7 @@ class LakeLoader:
     def __enter__(self) -> LakeLoader:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 

@@ -8,7 +8,7 @@ Run directory layout::
     RUN/latest                           text: the name of the newest complete checkpoint
     RUN/student.pt                       the trained student (fhb student format), at the end
 
-Every file is written with `fhb.pipeline.files.atomic_write_bytes` (temporary name, fsync,
+Every file is written with `fhb.files.atomic_write_bytes` (temporary name, fsync,
 `os.replace`, directory fsync): a crash leaves either the old file or the new one, never a torn one.
 ``latest`` is written the same way, after its checkpoint.
 Resuming loads the checkpoint ``latest`` names; if that one does not load (damaged disk, a copy
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from fhb.errors import FhbError
+from fhb.files import atomic_torch_save, atomic_write_bytes
 from fhb.pipeline.checkpoint_io import RefusedCheckpointError, load_pickled
-from fhb.pipeline.files import atomic_torch_save, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -1,19 +1,26 @@
 """Stage two's training loop: `Trainer` (one optimiser update at a time) and `Trainer.fit` (the run).
 
 - `TrainConfig`: the yaml ``train:`` keys the trainer reads (``num_epochs``, ``batch_size``,
-  ``accumulate_grad_batches``, ``use_fp16``), typed and validated once. The loss keys of the same
+  ``accumulate_grad_batches``, ``gpus``, ``use_fp16``, and fhb's ``early_stopping_patience`` and
+  ``keep_best``), typed and validated once. The loss keys of the same
   section are `fhb.student.config.LossConfig`'s.
 - `Trainer.step` is one optimiser update: ``accumulate`` micro-batches, each loss divided by the
   count (as Lightning does; an epoch's leftover micro-batches make one last, smaller update);
   mixed precision (``torch.autocast``; a ``GradScaler`` for fp16 on CUDA); gradient clipping when
   ``clip_grad_norm`` is set (the published code has none); the AdamW + ``warmup_linear`` schedule
-  of `fhb.training.optim`. After every epoch the loss redraws its random layers (as published).
+  of `fhb.training.optim`; the scheduler advances only on updates the optimiser applied (not on
+  those the fp16 grad scaler skips), as s3prl's in-optimiser schedule does. The loss is computed
+  in fp32 (`fhb.student.loss`), as autocast runs the published ``mse_loss``. After every epoch the
+  loss redraws its random layers (as published).
 - DDP when the `DistInfo` says so: each rank reads its own part of each epoch (the loader's
   ``rank/world_size``); every rank gets the same number of batches; only rank 0 writes
   checkpoints and metrics, and only rank 0 evaluates (on the whole dev split, with
-  `fhb.training.evaluation.evaluate_split`); logged train losses are rank 0's.
-- `Trainer.fit` runs updates until a step: a metrics record every ``log_every`` updates, a dev
-  evaluation every ``eval_every`` updates and after the last, a checkpoint
+  `fhb.training.evaluation.evaluate_split`); logged train losses are the mean over ranks.
+- `Trainer.fit` runs updates until a step: a metrics record every ``log_every`` updates, an
+  ``epoch`` record when an epoch starts (``padded_frames_share``, dropped utterances), a dev
+  evaluation every ``eval_every`` updates, after every epoch (``eval_each_epoch``, as published)
+  and after the last, with early stopping and the best checkpoints (`fhb.training.selection`),
+  a checkpoint
   (`fhb.training.run_state`: atomic, with every RNG state and the loader's mid-epoch position)
   every ``save_every`` updates and after the last.
 - `Trainer.state_dict` / `Trainer.load_state_dict`: everything needed to continue bit for bit.
@@ -43,10 +50,11 @@ from fhb.student.config import FitConfig
 from fhb.student.loss import DistillLoss
 from fhb.student.model import FitHuBERT, build_student
 from fhb.training import run_state
-from fhb.training.distributed import DistInfo, all_reduce_min, barrier
+from fhb.training.distributed import DistInfo, all_reduce_mean, all_reduce_min, barrier, broadcast_from_main
 from fhb.training.evaluation import evaluate_split, forward_loss
 from fhb.training.loader import Batch, LakeLoader
 from fhb.training.optim import OptimConfig, build_optimizer
+from fhb.training.selection import Kept, Selection
 
 __all__ = ["FitResult", "Schedule", "StepResult", "StepTimer", "TrainConfig", "Trainer", "build_model_and_loss",
            "make_scaler"]
@@ -62,13 +70,20 @@ class TrainConfig:
         num_epochs: epochs of a run given neither ``--steps`` nor ``--epochs``.
         batch_size: utterances per micro-batch (unless ``--batch-size``/``--batch-seconds``).
         accumulate_grad_batches: micro-batches per optimiser update.
+        gpus: processes the published run used (a list counts its entries); with
+            ``batch_size`` and ``accumulate_grad_batches`` it fixes the effective batch.
         use_fp16: train in fp16 on CUDA by default (CPU runs stay fp32).
+        early_stopping_patience: dev evaluations without improvement before stopping (published: 15).
+        keep_best: best checkpoints by dev loss kept (published: 3, plus the last).
     """
 
     num_epochs: int = 1
     batch_size: int = 1
     accumulate_grad_batches: int = 1
+    gpus: int = 1
     use_fp16: bool = False
+    early_stopping_patience: int = 15
+    keep_best: int = 3
 
     @classmethod
     def from_yaml(cls, train: Mapping[str, Any], source: str = "config") -> TrainConfig:
@@ -82,6 +97,8 @@ class TrainConfig:
             raw = train.get(f.name)
             if raw is None:
                 continue
+            if f.name == "gpus" and isinstance(raw, list):  # Lightning's list of device ids
+                raw = len(raw)
             if f.type == "bool":
                 if not isinstance(raw, bool):
                     raise FhbError(f"{source}: train.{f.name}: expected true or false, found {raw!r}; fix the value")
@@ -105,6 +122,7 @@ class StepResult:
         layer_losses: per-layer unweighted losses (``layer_KK``), mean over its micro-batches.
         lr: the learning rate the update used.
         loader_wait: seconds spent waiting for batches.
+        applied: the optimiser applied it (False: the fp16 grad scaler skipped it).
     """
 
     step: int
@@ -113,27 +131,39 @@ class StepResult:
     layer_losses: dict[str, float]
     lr: float
     loader_wait: float
+    applied: bool = True
 
 
 @dataclass(frozen=True)
 class Schedule:
-    """How often `Trainer.fit` logs, evaluates and saves (in updates; None: never, except after the last)."""
+    """How often `Trainer.fit` logs, evaluates and saves (in updates; None: never, except after the last).
+
+    ``eval_each_epoch``: evaluate after every epoch's last update (the published cadence).
+    ``early_stopping_patience``: stop after that many evaluations without a lower dev loss (None:
+    never). ``keep_best``: keep the best N students by dev loss in ``RUN/best/`` (0: none).
+    """
 
     log_every: int = 10
     eval_every: int | None = None
     save_every: int | None = None
     keep_checkpoints: int | None = None
+    eval_each_epoch: bool = False
+    early_stopping_patience: int | None = None
+    keep_best: int = 0
 
 
 @dataclass(frozen=True)
 class FitResult:
-    """What `Trainer.fit` reports: the last update's loss, the last dev loss, throughput figures."""
+    """What `Trainer.fit` reports: the last update's loss, the last dev loss, throughput figures,
+    whether it stopped early, and the best kept student (path, update, dev loss) if any."""
 
     final_loss: float
     dev_loss: float | None
     seconds: float
     steps_per_s: float
     loader_wait_share: float
+    stopped_early: bool = False
+    best: Kept | None = None
 
 
 def make_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
@@ -247,7 +277,10 @@ class Trainer:
         self.global_step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
+        self.selection: Selection | None = None
+        self.stopped_early = False
         self.resumed_from: int | None = None
+        self._selection_state: dict[str, Any] | None = None
         self._loader_state: dict[str, Any] | None = None
         self._batches: Iterator[Batch] | None = None
 
@@ -263,6 +296,7 @@ class Trainer:
             "rng": run_state.rng_state(self.layer_gen),
             "loss_state": self.loss_fn.state_dict(),
             "loader": {"epoch": self.epoch, "batches": self.batch_in_epoch, "state": self.loader.state_dict()},
+            "selection": self.selection.state_dict() if self.selection is not None else None,
             **self.checkpoint_extra,
             "world_size": self.dist.world_size,
         }
@@ -288,6 +322,7 @@ class Trainer:
                 f"{self.dist.world_size} processes; resume with the same number of ranks"
             )
         self._loader_state = state["loader"]["state"]
+        self._selection_state = state.get("selection")
 
     def save(self, run_dir: Path, keep: int | None = None) -> None:
         """Checkpoint (rank 0) into ``run_dir``, keeping the newest ``keep``; every rank waits for it."""
@@ -347,17 +382,21 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
         lr_now = self.optimizer.param_groups[0]["lr"]
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        # A skipped update (inf/NaN gradients) lowers the scale; s3prl's schedule counts only applied ones.
+        applied = scale is None or self.scaler.get_scale() >= scale
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        if applied:
+            self.scheduler.step()
         self.global_step += 1
         if not math.isfinite(step_loss):
             raise FhbError(
                 f"update {self.global_step}: expected a finite loss, found {step_loss}; lower --lr, use fp32/bf16, "
                 f"or enable --clip-grad-norm"
             )
-        return StepResult(self.global_step, epoch, step_loss, step_layers, lr_now, wait)
+        return StepResult(self.global_step, epoch, step_loss, step_layers, lr_now, wait, applied)
 
     # -- evaluation -----------------------------------------------------------------------------
 
@@ -377,13 +416,16 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------------
 
     def fit(self, run_dir: Path, schedule: Schedule, *, stop_after: int | None = None, show_progress: bool = False,
-            trace_dir: Path | None = None) -> FitResult:
+            trace_dir: Path | None = None, write_student: Callable[[Path], None] | None = None) -> FitResult:
         """Train up to `total_steps` (or ``stop_after`` updates, without the final evaluation and save).
 
-        Rank 0 appends ``train`` and ``eval`` records to ``run_dir``'s metrics and writes its
-        checkpoints. ``trace_dir`` (tests): every rank appends ``{step, epoch, utt_ids}`` of each
-        micro-batch to ``trace_dir/rank-R.jsonl``. The loader's worker processes are stopped on the
-        way out, whatever happens.
+        Rank 0 appends ``train``, ``epoch`` and ``eval`` records to ``run_dir``'s metrics and writes
+        its checkpoints. With a dev loader, ``schedule.keep_best`` students (the best by dev loss)
+        are written by ``write_student(path)`` into ``run_dir/best/``, and the run stops early once
+        ``schedule.early_stopping_patience`` evaluations in a row did not improve the dev loss (the
+        last update is then saved as the final one). ``trace_dir`` (tests): every rank appends
+        ``{step, epoch, utt_ids}`` of each micro-batch to ``trace_dir/rank-R.jsonl``. The loader's
+        worker processes are stopped on the way out, whatever happens.
         """
         last_loss = float("nan")
         dev_loss: float | None = None
@@ -391,6 +433,9 @@ class Trainer:
         window_loss: list[float] = []
         window_layers: dict[str, list[float]] = {}
         target = self.total_steps if stop_after is None else min(self.total_steps, stop_after)
+        self.selection = Selection(run_dir / "best", keep_best=schedule.keep_best if write_student else 0,
+                                   patience=schedule.early_stopping_patience)
+        self.selection.load_state_dict(self._selection_state)
         def trace(batch: Batch) -> None:
             assert trace_dir is not None
             _trace(trace_dir, self.dist.rank, self.global_step, self.epoch, batch.utt_ids)
@@ -398,9 +443,13 @@ class Trainer:
         on_batch = trace if trace_dir is not None else None
         self.ddp.train()
         bar = _progress(show_progress, self.total_steps, self.global_step)
+        logged_epoch = self.epoch if self.batch_in_epoch > 0 else -1
         try:
             while self.global_step < target:
                 r = self.step(on_batch)
+                if r.epoch != logged_epoch:
+                    self._log_epoch(run_dir, r.epoch)
+                    logged_epoch = r.epoch
                 window.add(r)
                 total.add(r)
                 last_loss = r.loss
@@ -412,23 +461,33 @@ class Trainer:
                     bar[0].update(bar[1], completed=r.step,
                                   status=f"loss {r.loss:.4g} · {sps:.2f} steps/s · wait {wait:.0%}")
                 final = r.step == self.total_steps
-                if self.dist.is_main and (r.step % schedule.log_every == 0 or final):
-                    run_state.append_metrics(run_dir, {
-                        "kind": "train", "step": r.step, "epoch": r.epoch, "lr": r.lr,
-                        "loss": sum(window_loss) / len(window_loss),
-                        "layer_losses": {k: sum(v) / len(v) for k, v in window_layers.items()},
-                        "steps_per_s": sps, "loader_wait_share": wait,
-                    })
+                epoch_end = self.batch_in_epoch >= self.batches_per_epoch
+                if r.step % schedule.log_every == 0 or final:
+                    names = sorted(window_layers)
+                    means = all_reduce_mean([sum(window_loss) / len(window_loss)]
+                                            + [sum(window_layers[k]) / len(window_layers[k]) for k in names], self.dist)
+                    if self.dist.is_main:
+                        run_state.append_metrics(run_dir, {
+                            "kind": "train", "step": r.step, "epoch": r.epoch, "lr": r.lr, "loss": means[0],
+                            "layer_losses": dict(zip(names, means[1:])), "steps_per_s": sps,
+                            "loader_wait_share": wait,
+                        })
                     window_loss.clear()
                     window_layers.clear()
                     window.reset()
-                if (schedule.eval_every and r.step % schedule.eval_every == 0) or (final and self.dev_split):
-                    rec = self.evaluate()
-                    if rec is not None:
-                        dev_loss = rec["dev_loss"]
-                        run_state.append_metrics(run_dir, rec)
-                        logger.info("update %d: dev loss %.4g", r.step, dev_loss)
-                    barrier(self.dist)
+                evaluate = ((schedule.eval_every and r.step % schedule.eval_every == 0)
+                            or (schedule.eval_each_epoch and epoch_end) or (final and self.dev_split))
+                if evaluate and self.dev_loader is not None:
+                    dev_loss = self._evaluate_and_select(run_dir, write_student)
+                if self.selection.should_stop() and not final:
+                    self.stopped_early = True
+                    logger.info("update %d: dev loss not improved in %d evaluations: stopping early",
+                                r.step, self.selection.bad_evals)
+                    if self.dist.is_main:
+                        run_state.append_metrics(run_dir, {"kind": "early_stop", "step": r.step,
+                                                           "best_dev_loss": self.selection.best_loss})
+                    self.save(run_dir, schedule.keep_checkpoints)
+                    break
                 if (schedule.save_every and r.step % schedule.save_every == 0) or final:
                     self.save(run_dir, schedule.keep_checkpoints)
         finally:
@@ -437,7 +496,45 @@ class Trainer:
             self.loader.close()  # worker processes of an unfinished epoch
         sps_all, wait_all = total.figures()
         return FitResult(final_loss=last_loss, dev_loss=dev_loss, seconds=time.perf_counter() - total.start,
-                         steps_per_s=sps_all, loader_wait_share=wait_all)
+                         steps_per_s=sps_all, loader_wait_share=wait_all, stopped_early=self.stopped_early,
+                         best=self.selection.best)
+
+    @property
+    def finished(self) -> bool:
+        """The run is over: every update done, or stopped early."""
+        return self.global_step == self.total_steps or self.stopped_early
+
+    def _log_epoch(self, run_dir: Path, epoch: int) -> None:
+        """The ``epoch`` record (rank 0): the plan's padded target frames and what it dropped."""
+        if not self.dist.is_main:
+            return
+        plan = self.loader.plan(epoch)
+        run_state.append_metrics(run_dir, {
+            "kind": "epoch", "step": self.global_step, "epoch": epoch,
+            "padded_frames_share": plan.padded_frames_share(), "batches": len(plan),
+            "dropped_utterances": plan.dropped_utterances,
+        })
+
+    def _evaluate_and_select(self, run_dir: Path, write_student: Callable[[Path], None] | None) -> float | None:
+        """Evaluate (rank 0), offer the dev loss to the selection on every rank, write a best student."""
+        assert self.selection is not None
+        rec = self.evaluate()
+        loss = broadcast_from_main(rec["dev_loss"] if rec is not None else math.nan, self.dist)
+        if math.isnan(loss):  # no dev batch
+            barrier(self.dist)
+            return None
+        offer = self.selection.offer(self.global_step, loss)
+        if self.dist.is_main:
+            assert rec is not None
+            run_state.append_metrics(run_dir, {**rec, "improved": offer.improved})
+            logger.info("update %d: dev loss %.4g%s", self.global_step, loss, " (best so far)" if offer.improved else "")
+            if offer.write is not None and write_student is not None:
+                offer.write.parent.mkdir(parents=True, exist_ok=True)
+                write_student(offer.write)
+                for old in offer.drop:
+                    old.unlink(missing_ok=True)
+        barrier(self.dist)
+        return loss
 
 
 def _trace(trace_dir: Path, rank: int, step: int, epoch: int, utt_ids: Sequence[str]) -> None:

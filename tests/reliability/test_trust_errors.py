@@ -78,7 +78,7 @@ def test_bad_out_is_one_line(command: str, kind: str, small_run: Path, reference
     if kind == "unwritable":  # tests run as root, where chmod does not stop writes: simulate the refusal
         (tmp_path / "ro").mkdir()
         real = os.access
-        monkeypatch.setattr("fhb.pipeline.files.os.access",
+        monkeypatch.setattr("fhb.files.os.access",
                             lambda p, mode, **kw: False if Path(p) == tmp_path / "ro" else real(p, mode, **kw))
     args = {
         "distill": small_distill_args(reference_lake, Path("PLACEHOLDER")),

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from fhb.errors import FhbError
-from fhb.pipeline.files import MANIFEST
+from fhb.files import MANIFEST
 
 from .conftest import assert_user_error, extract_args, small_distill_args
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from fhb.errors import FhbError
+from fhb.files import sha256_file
 from fhb.storage.safetensors_file import (
     MAX_HEADER_BYTES,
-    file_sha256,
     read_header,
     read_safetensors,
     write_safetensors,
@@ -42,7 +42,7 @@ def _raw(path: Path, header: dict, data: bytes, pad: bool = True) -> Path:
 def test_round_trip_and_digest(tmp_path: Path) -> None:
     t = _tensors()
     sha, size = write_safetensors(tmp_path / "m.safetensors", t, {"format": "pt"})
-    assert sha == hashlib.sha256((tmp_path / "m.safetensors").read_bytes()).hexdigest() == file_sha256(tmp_path / "m.safetensors")
+    assert sha == hashlib.sha256((tmp_path / "m.safetensors").read_bytes()).hexdigest() == sha256_file(tmp_path / "m.safetensors")
     assert size == (tmp_path / "m.safetensors").stat().st_size
     back, metadata = read_safetensors(tmp_path / "m.safetensors", sha256=sha)
     assert metadata == {"format": "pt"}

@@ -1,4 +1,4 @@
-"""`fhb.pipeline.files`: atomic file writes and build-beside-then-swap folders."""
+"""`fhb.files`: atomic file writes and build-beside-then-swap folders."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fhb.pipeline.files import MANIFEST, atomic_torch_save, atomic_write_bytes, atomic_write_text, build_beside
+from fhb.files import MANIFEST, atomic_torch_save, atomic_write_bytes, atomic_write_text, build_beside
 
 
 def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Crash-safe file writes: one helper for every file and folder fhb writes outside the lake.
+"""Files: crash-safe writes and content hashes, one helper each for every package of fhb.
 
 - `atomic_write_bytes` / `atomic_write_text` / `atomic_torch_save`: the data goes to a temporary
   name beside ``path``, is fsync'ed, moved into place with `os.replace`, and the directory is
@@ -6,12 +6,16 @@
 - `build_beside`: a folder is built under a temporary sibling name and swapped into place when
   complete (an existing folder is replaced only then); a failure leaves the old folder as it was.
 
-The lake's shards have their own commit protocol (`fhb.storage`).
+- `sha256_file`: the hex sha256 of a file's bytes (teachers, checkpoints, stored weights).
+
+The lake's shards have their own commit protocol (`fhb.storage`). Standard library only (torch
+is imported by `atomic_torch_save` alone), so every layer may use this module.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -20,8 +24,6 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-
-import torch
 
 from fhb.errors import FhbError
 
@@ -36,8 +38,20 @@ __all__ = [
     "foreign_entries",
     "fsync_dir",
     "read_manifest",
+    "sha256_file",
     "write_manifest",
 ]
+
+_HASH_BLOCK = 4 << 20
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of the file at ``path``, read in 4 MiB blocks (OSError if it cannot be read)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_HASH_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def fsync_dir(d: Path) -> None:
@@ -78,6 +92,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_torch_save(obj: object, path: Path) -> None:
     """`torch.save` of ``obj`` to ``path`` atomically (serialised in memory, then `atomic_write_bytes`)."""
+    import torch
+
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
