@@ -100,14 +100,18 @@ def test_latest_symlink_out_of_the_run_is_refused(small_run: Path, tmp_path: Pat
 
 
 def _rss_probe(tmp_path: Path, *args: str) -> tuple[int, str, int]:
-    """Run ``fhb ARGS`` in a subprocess; (exit status, stderr, peak RSS in kB of that process)."""
+    """Run ``fhb ARGS`` in a subprocess; (exit status, stderr, peak RSS in kB of that process).
+
+    Peak RSS is ``VmHWM`` (reset by exec); ``ru_maxrss`` would carry the forking pytest process's.
+    """
     script = (
         "import resource, sys\n"
         "from fhb.cli import main\n"
         f"sys.argv = ['fhb', *{list(args)!r}]\n"
         "code = 0\n"
         "try:\n    main()\nexcept SystemExit as e:\n    code = e.code if isinstance(e.code, int) else 1\n"
-        "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+        "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')]\n"
+        "print('MAXRSS', hwm[0] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
         "sys.exit(code)\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
