@@ -152,7 +152,7 @@ def main() -> None:
             run = tmp_p / f"run-{lake.name}"
             run_distill(lake, CONFIG, run, splits=[TRAIN], steps=steps, batch_size=2, accumulate=1, workers=0,
                         seed=0, log_every=1, progress=False, eval_every=None)
-            ev = evaluate_run(run, ref, DEV, batch_size=2)
+            ev = evaluate_run(run, ref, DEV, batch_size=2, any_encoding=True)
             detail = summary.layers_detail
             rows.append({
                 "label": name, "codec": codec, "budget": budget,

@@ -19,6 +19,26 @@ from fhb.errors import FhbError
 DEFAULT_CODEC_ERROR = 0.1
 """`fhb.storage.fitted.DEFAULT_ERROR_BUDGET`, repeated to keep ``fhb --help`` import-free (a test checks)."""
 
+
+def _show_flags_without_a_value() -> None:
+    """``--help``: boolean flags (``--resume``, ``--overwrite``, ``--help``) show no ``<bool>`` value column.
+
+    typer renders a flag's type like an option's value; a flag takes none, so its type column is left empty.
+    """
+    option = getattr(typer.core, "TyperOption", None)
+    show = getattr(option, "display_type_rich", None)
+    if show is None or getattr(show, "fhb_flags", False):
+        return
+
+    def display_type_rich(self: typer.core.TyperOption, ctx: object) -> str | None:
+        return "" if getattr(self, "is_flag", False) else show(self, ctx)
+
+    display_type_rich.fhb_flags = True  # type: ignore[attr-defined]
+    option.display_type_rich = display_type_rich  # type: ignore[union-attr]
+
+
+_show_flags_without_a_value()
+
 app = typer.Typer(
     name="fhb",
     help="FitHuBERT distillation around a feature lake: run the teacher once, train students from cached targets.",
@@ -35,16 +55,21 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+_VERBOSE = [False]
+"""Set by ``--verbose``: an `FhbError` then shows its traceback above the one line."""
+
+
 @app.callback()
 def _root(
     version: Annotated[
         Optional[bool],
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging; errors show their traceback.")] = False,
 ) -> None:
     from fhb.pipeline.logging_setup import setup_logging
 
+    _VERBOSE[0] = verbose
     setup_logging(verbose)
 
 
@@ -205,6 +230,7 @@ def distill(
     clip_grad_norm: Annotated[Optional[float], typer.Option(help="Clip the gradient norm (default: off, as published).")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="Non-bias weight decay (default: 0.01, what the published code applies).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate (default: yaml optimizer.lr).")] = None,
+    allow_missing_shards: Annotated[bool, typer.Option("--allow-missing-shards", help="Train on the committed shards of a split that lists missing or uncommitted ones (default: refuse).")] = False,
     bucketing: Annotated[str, typer.Option(help="sorted: the published batches (whole set sorted by length); window: length-sorted within shuffle windows.")] = "sorted",
     early_stopping_patience: Annotated[Optional[int], typer.Option(help="Stop after N evaluations without a lower dev loss (default: yaml train.early_stopping_patience or 15; 0: off).")] = None,
     keep_best: Annotated[Optional[int], typer.Option(help="Keep the N best students by dev loss in RUN/best/ (default: 3; 0: none).")] = None,
@@ -221,8 +247,9 @@ def distill(
         accumulate=accumulate, precision=precision, device=device, workers=workers, seed=seed, resume=resume,
         online_teacher=online_teacher, libri_root=libri_root, log_every=log_every, eval_every=eval_every,
         save_every=save_every, keep_checkpoints=keep_checkpoints, clip_grad_norm=clip_grad_norm,
-        weight_decay=weight_decay, lr=lr, bucketing=bucketing, early_stopping_patience=early_stopping_patience,
-        keep_best=keep_best, export=export, optimizer_impl=optimizer_impl, progress=progress,
+        weight_decay=weight_decay, lr=lr, allow_missing_shards=allow_missing_shards, bucketing=bucketing,
+        early_stopping_patience=early_stopping_patience, keep_best=keep_best, export=export,
+        optimizer_impl=optimizer_impl, progress=progress,
     )
 
 
@@ -329,12 +356,14 @@ def evaluate(
     max_batches: Annotated[Optional[int], typer.Option(help="Stop after this many batches.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (per_layer, validation_loss, ...) "
                                           "instead of a table.")] = False,
+    any_encoding: Annotated[bool, typer.Option("--any-encoding", help="Accept the run's teacher's targets in another "
+                                               "encoding (e.g. a float32 reference lake).")] = False,
 ) -> None:
     """Per-layer distillation losses of a run's student on one split of a lake (a table, or --json)."""
     from fhb.stages.evaluate import evaluate_run
 
     result = evaluate_run(run, cache, split, step=step, checkpoint=checkpoint, batch_size=batch_size, device=device,
-                          max_batches=max_batches, show=not as_json)
+                          max_batches=max_batches, show=not as_json, any_encoding=any_encoding)
     if as_json:
         import json
 
@@ -369,6 +398,19 @@ def _split_list(value: str) -> list[str]:
     return splits
 
 
+_PATH_OPTIONS = ("--out", "-o", "--cache", "--teacher", "--libri-root", "--checkpoint", "--run", "--config", "-c",
+                 "--online-teacher")
+
+
+def _refuse_empty_paths(argv: list[str]) -> None:
+    """An empty path (``--out ""``) would mean the working directory: refuse it before any command runs."""
+    for i, arg in enumerate(argv):
+        option, eq, value = arg.partition("=")
+        if option in _PATH_OPTIONS and ((eq and not value) or (not eq and i + 1 < len(argv) and argv[i + 1] == "")):
+            raise FhbError(f"{option}: expected a path, found an empty string; pass a path (. for the current "
+                           "folder)")
+
+
 class _Terminated(BaseException):
     """Raised by the SIGTERM handler; unwinds like Ctrl-C without click turning it into an abort."""
 
@@ -385,11 +427,17 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, _terminate)
     try:
+        _refuse_empty_paths(sys.argv[1:])
         app()
     except FhbError as exc:
         from rich.markup import escape
 
         from fhb.pipeline.logging_setup import console
+
+        if _VERBOSE[0]:
+            import traceback
+
+            traceback.print_exc()
 
         # One line, shown verbatim: a yaml parser's message spans lines, and a path may hold "[...]".
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())

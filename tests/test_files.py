@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fhb.files import atomic_torch_save, atomic_write_bytes, atomic_write_text, build_beside
+from fhb.files import MANIFEST, atomic_torch_save, atomic_write_bytes, atomic_write_text, build_beside
 
 
 def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path: Path) -> None:
@@ -43,11 +43,11 @@ def test_build_beside_swaps_in_complete_folder(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old")
-    with build_beside(out) as tmp:
+    with build_beside(out, own_layout=frozenset({"old.txt"})) as tmp:  # old.txt: as if fhb wrote it
         assert tmp.parent == tmp_path and tmp != out and not any(tmp.iterdir())
         (tmp / "new.txt").write_text("new")
         assert (out / "old.txt").is_file()  # the old folder stays until the body is done
-    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in out.iterdir() if p.name != MANIFEST) == ["new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
@@ -56,7 +56,7 @@ def test_build_beside_failure_keeps_the_old_folder(tmp_path: Path) -> None:
     out.mkdir()
     (out / "old.txt").write_text("old")
     with pytest.raises(RuntimeError, match="half way"):
-        with build_beside(out) as tmp:
+        with build_beside(out, own_layout=frozenset({"old.txt"})) as tmp:
             (tmp / "new.txt").write_text("new")
             raise RuntimeError("half way")
     assert sorted(p.name for p in out.iterdir()) == ["old.txt"]

@@ -48,6 +48,12 @@ _RESAMPLE_HINT = (
 _FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})
 
 
+MIN_SAMPLES = 400
+"""Shortest utterance a teacher can encode: its conv front-end's receptive field (25 ms, one frame).
+The corpus scan refuses shorter files (`fhb.pipeline.corpus`); decoding itself accepts any length."""
+SHORT_REASON = "has {n} samples, shorter than the teacher's conv front-end ({min} samples = 25 ms, one frame)"
+
+
 class AudioError(FhbError):
     """An audio file that fhb cannot use.
 

@@ -63,10 +63,13 @@ from fhb.errors import FhbError
 __all__ = [
     "CheckpointError",
     "InertStub",
+    "RefusedCheckpointError",
     "RefusedGlobalError",
+    "check_zip_archive",
     "checkpoint_config",
     "checkpoint_task_config",
     "load_checkpoint",
+    "load_pickled",
     "plain_config",
     "restricted_pickle",
     "sha256_file",
@@ -82,6 +85,14 @@ _LATIN1_NAMES = frozenset({"latin1", "latin-1", "latin_1", "iso8859-1", "iso-885
 
 class CheckpointError(FhbError):
     """A checkpoint file fhb cannot or will not load; the message names the file and the fix."""
+
+
+class RefusedCheckpointError(CheckpointError):
+    """A checkpoint refused as hostile (code in the pickle, TorchScript, a zip bomb), not as damaged.
+
+    Callers that fall back to an older file on a damaged one (``fhb distill --resume``) must not
+    fall back past this one: it says someone planted the file.
+    """
 
 
 class RefusedGlobalError(pickle.UnpicklingError):
@@ -386,35 +397,103 @@ _EXPECTED = "expected a fairseq checkpoint saved by torch.save"
 _FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
 
 
-def _check_file(path: Path) -> None:
+def _check_file(path: Path, expected: str = _EXPECTED) -> None:
     """Refuse missing, directory, empty and TorchScript files before torch opens them."""
     if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist; {_EXPECTED}; check the path")
+        raise CheckpointError(f"checkpoint {path} does not exist; {expected}; check the path")
     if path.is_dir():
         raise CheckpointError(
-            f"checkpoint {path} is a directory; {_EXPECTED} (a .pt file); pass the file inside it"
+            f"checkpoint {path} is a directory; {expected} (a .pt file); pass the file inside it"
         )
     with open(path, "rb") as handle:
         magic = handle.read(len(_ZIP_MAGIC))
     if not magic:
         raise CheckpointError(
-            f"checkpoint {path} is empty (0 bytes); {_EXPECTED}; re-download or re-copy it"
+            f"checkpoint {path} is empty (0 bytes); {expected}; re-download or re-copy it"
         )
     if magic != _ZIP_MAGIC:
         return  # legacy (pre-1.6) torch format or not a checkpoint: torch.load decides
+    check_zip_archive(path, expected)
+
+
+def check_zip_archive(path: Path, expected: str) -> None:
+    """Refuse a torch zip archive that is corrupt, TorchScript or a decompression bomb, before reading it.
+
+    ``torch.save`` stores every entry uncompressed, so an entry that is compressed, or that
+    declares more bytes than the whole file holds, is refused from the zip directory alone,
+    before anything is decompressed or allocated. ``expected``: what the caller wanted, for the
+    message.
+
+    Raises:
+        CheckpointError: a truncated or corrupt archive.
+        RefusedCheckpointError: TorchScript, or entries whose declared sizes the file cannot hold.
+    """
     try:
         with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
+            infos = archive.infolist()
     except zipfile.BadZipFile as error:
         raise CheckpointError(
-            f"checkpoint {path} is a truncated or corrupt zip archive ({error}); {_EXPECTED}; "
+            f"checkpoint {path} is a truncated or corrupt zip archive ({error}); {expected}; "
             "re-download it and compare its sha256"
         ) from error
-    if any(name.split("/", 1)[-1] == "constants.pkl" for name in names):
-        raise CheckpointError(
+    if any(info.filename.split("/", 1)[-1] == "constants.pkl" for info in infos):
+        raise RefusedCheckpointError(
             f"refusing to load {path}: it is a TorchScript archive (it holds constants.pkl), "
-            f"which torch.load would execute through torch.jit.load; {_EXPECTED}"
+            f"which torch.load would execute through torch.jit.load; {expected}"
         )
+    size = path.stat().st_size
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size or info.file_size > size:
+            raise RefusedCheckpointError(
+                f"refusing to load {path}: its zip entry {info.filename} declares {info.file_size} bytes "
+                f"({info.compress_size} stored, method {info.compress_type}) in a {size}-byte file; torch.save "
+                f"stores entries uncompressed and within the file; {expected}: use the publisher's file"
+            )
+
+
+def load_pickled(
+    path: str | os.PathLike[str], map_location: str | torch.device | None = "cpu", expected: str = _EXPECTED
+) -> object:
+    """``torch.load`` of any checkpoint fhb opens, through the restricted unpickler.
+
+    The file checks of :func:`load_checkpoint` (missing, directory, empty, TorchScript, zip bomb)
+    come first; nothing named by the pickle outside the allow-list is ever called.
+    ``expected``: what the caller wants (for messages), e.g. ``"expected an fhb distill checkpoint"``.
+
+    Raises:
+        RefusedCheckpointError: code in the pickle, TorchScript, a zip bomb.
+        CheckpointError: missing, empty, truncated or foreign files.
+    """
+    path = Path(path)
+    _check_file(path, expected)
+    if os.environ.get(_FORCE_WEIGHTS_ONLY, "0").lower() in ("1", "y", "yes", "true"):
+        raise CheckpointError(
+            f"cannot load {path}: {_FORCE_WEIGHTS_ONLY} is set, which makes torch.load refuse "
+            "fhb's restricted unpickler (fairseq checkpoints need it for their metadata); "
+            f"unset {_FORCE_WEIGHTS_ONLY}"
+        )
+    try:
+        return torch.load(
+            path,
+            map_location=map_location,
+            weights_only=False,
+            pickle_module=restricted_pickle,
+            mmap=False,
+        )
+    except RefusedGlobalError as error:
+        raise RefusedCheckpointError(
+            f"refusing to load {path}: the pickle references {error.qualname}, which no "
+            "checkpoint fhb reads needs (nothing ran); fhb only unpickles tensors, containers and "
+            "inert fairseq metadata; use the original file from its publisher"
+        ) from None
+    except _CORRUPT_FILE_ERRORS as error:
+        found = f"{type(error).__name__}: {error}"
+        if "Invalid magic number" in str(error):
+            found = "no torch header (a plain pickle or another format)"
+        raise CheckpointError(
+            f"checkpoint {path} could not be read: {expected}, found {found}; the file is "
+            "truncated, corrupt or not a checkpoint: re-download it and compare its sha256"
+        ) from error
 
 
 def load_checkpoint(
@@ -436,35 +515,7 @@ def load_checkpoint(
             not hold a dict with a non-empty ``"model"`` state dict.
     """
     path = Path(path)
-    _check_file(path)
-    if os.environ.get(_FORCE_WEIGHTS_ONLY, "0").lower() in ("1", "y", "yes", "true"):
-        raise CheckpointError(
-            f"cannot load {path}: {_FORCE_WEIGHTS_ONLY} is set, which makes torch.load refuse "
-            "fhb's restricted unpickler (fairseq checkpoints need it for their metadata); "
-            f"unset {_FORCE_WEIGHTS_ONLY}"
-        )
-    try:
-        checkpoint = torch.load(
-            path,
-            map_location=map_location,
-            weights_only=False,
-            pickle_module=restricted_pickle,
-            mmap=False,
-        )
-    except RefusedGlobalError as error:
-        raise CheckpointError(
-            f"refusing to load {path}: the pickle references {error.qualname}, which a fairseq "
-            "checkpoint never needs; fhb only unpickles tensors, containers and fairseq's inert "
-            "metadata; use the original checkpoint from its publisher"
-        ) from None
-    except _CORRUPT_FILE_ERRORS as error:
-        found = f"{type(error).__name__}: {error}"
-        if "Invalid magic number" in str(error):
-            found = "no torch header (a plain pickle or another format)"
-        raise CheckpointError(
-            f"checkpoint {path} could not be read: {_EXPECTED}, found {found}; the file is "
-            "truncated, corrupt or not a checkpoint: re-download it and compare its sha256"
-        ) from error
+    checkpoint = load_pickled(path, map_location)
     validated = _validate(path, checkpoint)
     logger.debug("loaded %s: keys %s", path, sorted(map(str, validated)))
     return validated

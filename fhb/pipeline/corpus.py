@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fhb.errors import FhbError
-from fhb.pipeline.audio import SAMPLE_RATE, AudioError, audio_info
+from fhb.pipeline.audio import MIN_SAMPLES, SAMPLE_RATE, SHORT_REASON, AudioError, audio_info
 
 __all__ = ["CorpusProblem", "Manifest", "Utterance", "scan_librispeech"]
 
@@ -263,6 +263,8 @@ def _scan_chapter(split: str, chapter_dir: Path, *, check_end: bool) -> _Chapter
             reason = f"has {channels} channels, expected 1 (mono); mix down to mono"
         elif num_samples <= 0:
             reason = "has 0 samples, expected at least one"
+        elif num_samples < MIN_SAMPLES:
+            reason = SHORT_REASON.format(n=num_samples, min=MIN_SAMPLES)
         else:
             result.utterances.append(
                 Utterance(

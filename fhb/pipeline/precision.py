@@ -62,3 +62,22 @@ def autocast_context(device: torch.device, precision: str) -> contextlib.Abstrac
         return contextlib.nullcontext()
     dtype = torch.float16 if precision == "fp16" else torch.bfloat16
     return torch.autocast(device.type, dtype=dtype)
+
+
+def check_device(device: str, *, present: bool = True) -> torch.device:
+    """``--device`` as a torch device: ``cpu``, ``cuda`` or ``cuda:K`` (with that GPU here, unless not ``present``).
+
+    Raises:
+        FhbError: another kind (``mps``, ``meta``, a typo), or a CUDA device this machine lacks.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise FhbError(f"--device {device!r}: expected cpu or cuda (or cuda:N)") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise FhbError(f"--device {device!r}: expected cpu or cuda (or cuda:N)")
+    if dev.type == "cuda" and present:
+        found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if found <= (dev.index or 0):
+            raise FhbError(f"--device {device}: this machine has {found} CUDA device(s); use --device cpu")
+    return dev

@@ -262,8 +262,9 @@ def _meta_backbone(path: Path, arch: BackboneConfig, state: dict[str, torch.Tens
     try:
         with torch.device("meta"), _MetaBuild():
             return build_backbone(arch)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: its model config cannot be built ({exc}); use the original file") from None
+    except (TypeError, ValueError, RuntimeError, ZeroDivisionError) as exc:  # 0 heads: dim % 0
+        raise CheckpointError(f"{path}: its model config cannot be built ({type(exc).__name__}: {exc}); "
+                              "use the original file") from None
 
 
 @dataclass(frozen=True)

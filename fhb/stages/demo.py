@@ -37,6 +37,36 @@ def _step(title: str) -> None:
     console.rule(f"[bold cyan]{title}")
 
 
+DEMO_LAYOUT = frozenset({"teacher-tiny.pt", "lake", "run", "export"})
+"""What `run_demo` writes in its folder (the demo replaces these on every run)."""
+
+
+def _claim_demo_dir(out: Path) -> None:
+    """Refuse a non-empty ``out`` that is not a previous demo's output; mark ``out`` as the demo's.
+
+    Raises:
+        FhbError: ``out`` is a file, a symlink, or holds anything the demo did not write.
+    """
+    from fhb.files import check_out_apart, foreign_entries, read_manifest, write_manifest
+
+    check_out_apart(out, {}, "demo")
+
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise FhbError(f"demo: --out {out} is {'a symlink' if out.is_symlink() else 'a file'}; expected a new "
+                       "folder or a previous demo output; choose another --out")
+    if out.exists():
+        manifest = read_manifest(out)
+        foreign = (sorted(e.name for e in out.iterdir()) if manifest is not None and manifest[0] != "demo"
+                   else foreign_entries(out, DEMO_LAYOUT))
+        if foreign:
+            raise FhbError(
+                f"demo: --out {out} is not empty and not a previous demo output (it holds {foreign[:5]}); "
+                "the demo replaces its folder's teacher, lake, run and export: choose a new --out"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    write_manifest(out, "demo", sorted(DEMO_LAYOUT))
+
+
 def run_demo(out: Path, steps: int = 40) -> None:
     """Run every stage into ``out`` and print what a real run looks like."""
     from fhb.stages.extract import run_extract
@@ -44,7 +74,7 @@ def run_demo(out: Path, steps: int = 40) -> None:
     from fhb.stages.teacher_info import write_random_teacher
 
     started = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
+    _claim_demo_dir(out)
     root = fixture_root()
     teacher = out / "teacher-tiny.pt"
     lake = out / "lake"

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import random
 import shutil
 from collections.abc import Sequence
@@ -45,15 +46,22 @@ import torch
 import yaml
 
 from fhb.errors import FhbError
-from fhb.files import atomic_write_text
-from fhb.pipeline.precision import check_precision
+from fhb.files import atomic_write_text, check_out_apart
+from fhb.pipeline.precision import check_device, check_precision
 from fhb.pipeline.teacher import Teacher, load_teacher
+from fhb.storage.lock import LakeReadLease
 from fhb.storage.reader import open_lake
 from fhb.student.checkpoint import save_student
 from fhb.student.config import FitConfig, load_fithubert_yaml
 from fhb.student.loss import required_teacher_layers
 from fhb.training import run_state
-from fhb.training.checks import check_lake, check_teacher
+from fhb.training.checks import (
+    check_complete_splits,
+    check_lake,
+    check_same_teacher,
+    check_teacher,
+    lake_teacher_record,
+)
 from fhb.training.distributed import DistInfo, barrier, cleanup_distributed, env_world_size, init_distributed
 from fhb.training.loader import LakeLoader
 from fhb.training.optim import OptimConfig
@@ -115,6 +123,7 @@ class DistillSettings:
     clip_grad_norm: float | None
     weight_decay: float | None
     lr: float | None
+    allow_missing_shards: bool = False
     bucketing: str = "sorted"
     early_stopping_patience: int | None = 15
     keep_best: int = 3
@@ -154,6 +163,7 @@ def _resolve(
     clip_grad_norm: float | None,
     weight_decay: float | None,
     lr: float | None,
+    allow_missing_shards: bool = False,
     bucketing: str = "sorted",
     early_stopping_patience: int | None = None,
     keep_best: int | None = None,
@@ -197,6 +207,13 @@ def _resolve(
     if patience < 0 or best < 0:
         raise FhbError(f"--early-stopping-patience {patience}, --keep-best {best}: expected >= 0 (0: off); "
                        f"fix the value")
+    if splits is not None and len(set(splits)) != len(list(splits)):
+        repeated = sorted({x for x in splits if list(splits).count(x) > 1})
+        raise FhbError(f"--splits {','.join(splits)}: expected each split once, found {repeated} repeated; "
+                       "name each split once")
+    check_device(device)
+    _check_numbers(batch_seconds=batch_seconds, max_seconds=max_seconds, lr=lr, clip_grad_norm=clip_grad_norm,
+                   weight_decay=weight_decay, seed=seed, keep_checkpoints=keep_checkpoints)
     if precision is None:
         precision = "fp16" if train.use_fp16 and device.startswith("cuda") else "fp32"
     check_precision(precision, device, bf16_on_cpu=True)  # training autocasts in bf16 on CPU too
@@ -234,8 +251,44 @@ def _resolve(
         log_every=log_every, eval_every=eval_every, save_every=save_every, keep_checkpoints=keep_checkpoints,
         clip_grad_norm=clip_grad_norm, weight_decay=weight_decay, lr=lr, bucketing=bucketing,
         early_stopping_patience=patience or None, keep_best=best, export=export, optimizer_impl=optimizer_impl,
-        accumulate_source=acc_source,
+        accumulate_source=acc_source, allow_missing_shards=allow_missing_shards,
     )
+
+
+_MAX_BATCH_SECONDS = 100_000.0
+"""Largest --batch-seconds / --max-seconds accepted (27 hours of audio in one micro-batch)."""
+_MAX_SEED = 2**32 - 1  # numpy's seeds
+
+
+def _check_numbers(*, batch_seconds: float | None, max_seconds: float | None, lr: float | None,
+                   clip_grad_norm: float | None, weight_decay: float | None, seed: int,
+                   keep_checkpoints: int | None) -> None:
+    """Refuse NaN, infinite, negative and absurd numbers in distill's options (one line each).
+
+    Raises:
+        FhbError: naming the option, the valid range and the value found.
+    """
+    ranges: tuple[tuple[str, float | None, float, float, bool], ...] = (
+        # option, value, lowest, highest, lowest allowed itself
+        ("--batch-seconds", batch_seconds, 0.0, _MAX_BATCH_SECONDS, False),
+        ("--max-seconds", max_seconds, 0.0, _MAX_BATCH_SECONDS, False),
+        ("--lr", lr, 0.0, 1e3, False),
+        ("--clip-grad-norm", clip_grad_norm, 0.0, math.inf, False),
+        ("--weight-decay", weight_decay, 0.0, 1e3, True),
+    )
+    for option, value, low, high, inclusive in ranges:
+        if value is None:
+            continue
+        above = value >= low if inclusive else value > low
+        if not (above and value <= high and math.isfinite(value)):  # NaN fails every comparison
+            bound = f"{'>=' if inclusive else '>'} {low:g} and <= {high:g}" if math.isfinite(high) else \
+                f"a finite number {'>=' if inclusive else '>'} {low:g}"
+            raise FhbError(f"{option} {value}: expected {bound}; fix the value")
+    if not 0 <= seed <= _MAX_SEED:
+        raise FhbError(f"--seed {seed}: expected an integer in 0..{_MAX_SEED}; fix the value")
+    if keep_checkpoints is not None and keep_checkpoints < 1:
+        raise FhbError(f"--keep-checkpoints {keep_checkpoints}: expected >= 1 (or unset: keep all); "
+                       "fix the value")
 
 
 def published_accumulate(train: TrainConfig, world_size: int, source: str) -> int:
@@ -307,6 +360,7 @@ def run_distill(
     clip_grad_norm: float | None = None,
     weight_decay: float | None = None,
     lr: float | None = None,
+    allow_missing_shards: bool = False,
     bucketing: str = "sorted",
     early_stopping_patience: int | None = None,
     keep_best: int | None = None,
@@ -346,6 +400,8 @@ def run_distill(
         clip_grad_norm: max gradient norm (None: no clipping, as published).
         weight_decay: non-bias weight decay (None: the published 0.01; see `fhb.training.optim`).
         lr: learning-rate override.
+        allow_missing_shards: train on the committed shards of splits whose listing names missing or
+            uncommitted ones (default: refuse such a lake).
         bucketing: ``sorted`` (the published batches) or ``window`` (`fhb.training.epoch`).
         early_stopping_patience / keep_best: override the yaml's ``train.`` keys (0: off).
         export: ``best`` (the lowest dev loss; ``last`` without a dev split) or ``last`` as ``student.pt``.
@@ -373,24 +429,36 @@ def run_distill(
         save_every=save_every, keep_checkpoints=keep_checkpoints, clip_grad_norm=clip_grad_norm,
         weight_decay=weight_decay, lr=lr, bucketing=bucketing, early_stopping_patience=early_stopping_patience,
         keep_best=keep_best, export=export, optimizer_impl=optimizer_impl, world_size=env_world_size(),
+        allow_missing_shards=allow_missing_shards,
     )
     dist, dev = init_distributed(device)
     try:
-        return _run(s, fit, dist, dev, resume, progress and dist.is_main, stop_after, trace_dir)
+        with LakeReadLease(s.cache):  # no writer changes the targets under the run
+            return _run(s, fit, dist, dev, resume, progress and dist.is_main, stop_after, trace_dir)
     finally:
         cleanup_distributed()
 
 
+def _check_run_dir(s: DistillSettings, dist: DistInfo, resume: bool) -> None:
+    """Refuse a run directory that is an input (or holds one), or a non-empty one without ``--resume``."""
+    run_dir = Path(s.out)
+    check_out_apart(run_dir, {"--cache": Path(s.cache), "--config": Path(s.config) if Path(s.config).exists() else None,
+                              "--online-teacher": Path(s.online_teacher) if s.online_teacher else None}, "distill")
+    if dist.is_main and run_dir.exists() and not resume:
+        if not run_dir.is_dir():
+            raise FhbError(f"run directory {run_dir}: expected a directory, found a file; choose another --out")
+        leftover = sorted(p.name for p in run_dir.iterdir())
+        if leftover:
+            raise FhbError(
+                f"run directory {run_dir}: expected an empty or new directory, found {leftover[:5]}; "
+                f"pass --resume to continue that run, or choose another --out"
+            )
+
+
 def _prepare_run_dir(s: DistillSettings, fit: FitConfig, dist: DistInfo, resume: bool) -> None:
+    """Create the run directory and write its config (after every check passed: a refused run leaves nothing)."""
     run_dir = Path(s.out)
     if dist.is_main:
-        if run_dir.exists() and not resume:
-            leftover = sorted(p.name for p in run_dir.iterdir())
-            if leftover:
-                raise FhbError(
-                    f"run directory {run_dir}: expected an empty or new directory, found {leftover[:5]}; "
-                    f"pass --resume to continue that run, or choose another --out"
-                )
         run_dir.mkdir(parents=True, exist_ok=True)
         resolved = {**fit.to_dict(), "fhb_distill": dataclasses.asdict(s)}
         resolved["fhb_distill"]["splits"] = list(s.splits)
@@ -428,6 +496,8 @@ def _build_trainer(s: DistillSettings, fit: FitConfig, dist: DistInfo, device: t
     check_lake(lake, fit.distiller, needed, s.splits, online)
     if s.dev_split is not None:
         check_lake(lake, fit.distiller, needed, [s.dev_split], online)
+    if not s.allow_missing_shards:
+        check_complete_splits(lake, [*s.splits, *([s.dev_split] if s.dev_split else [])], "--allow-missing-shards")
     if teacher is not None:
         check_teacher(teacher, fit.distiller, needed)
     use_cnn = float(fit.loss.cnn_loss_weight) > 0
@@ -444,14 +514,16 @@ def _build_trainer(s: DistillSettings, fit: FitConfig, dist: DistInfo, device: t
         device=device, precision=s.precision, accumulate=s.accumulate, steps=s.steps, epochs=s.epochs, dist=dist,
         clip_grad_norm=s.clip_grad_norm, teacher=teacher, use_cnn=use_cnn, dev_loader=dev_loader,
         dev_split=s.dev_split,
-        checkpoint_extra={"config": fit.to_dict(), "settings": dataclasses.asdict(s)},
+        checkpoint_extra={"config": fit.to_dict(), "settings": dataclasses.asdict(s),
+                          "lake_teacher": lake_teacher_record(lake)},
     )
 
 
 def _run(s: DistillSettings, fit: FitConfig, dist: DistInfo, device: torch.device, resume: bool,
          show_progress: bool, stop_after: int | None, trace_dir: Path | None = None) -> RunSummary:
-    _prepare_run_dir(s, fit, dist, resume)
+    _check_run_dir(s, dist, resume)
     tr = _build_trainer(s, fit, dist, device)
+    _prepare_run_dir(s, fit, dist, resume)
     run_dir = Path(s.out)
     if resume:
         found = run_state.load_latest_checkpoint(run_dir)
@@ -461,6 +533,8 @@ def _run(s: DistillSettings, fit: FitConfig, dist: DistInfo, device: torch.devic
                 run_state.truncate_metrics(run_dir, 0)  # what a killed first attempt logged
         else:
             path, state = found
+            check_same_teacher(state.get("lake_teacher"), tr.loader.lake, f"run {run_dir} ({path.name})")
+            _report_changed_settings(state.get("settings"), s, path)
             tr.load_state_dict(state)
             tr.resumed_from = tr.global_step
             logger.info("resumed from %s (update %d, epoch %d, batch %d)", path.name, tr.global_step, tr.epoch,
@@ -497,6 +571,34 @@ def _run(s: DistillSettings, fit: FitConfig, dist: DistInfo, device: torch.devic
         final_loss=fitted.final_loss, dev_loss=fitted.dev_loss, student_path=student_path, seconds=fitted.seconds,
         steps_per_s=fitted.steps_per_s, loader_wait_share=fitted.loader_wait_share, resumed_from=tr.resumed_from,
     )
+
+
+_RESUMABLE_CHANGES = frozenset({"steps", "epochs", "workers", "prefetch", "log_every", "eval_every", "save_every",
+                                "keep_checkpoints", "device", "allow_missing_shards", "out", "cache",
+                                "early_stopping_patience", "keep_best", "export", "accumulate_source"})
+"""Settings a resumed run may change without changing what it trains (length, I/O, logging)."""
+
+
+def _report_changed_settings(saved: object, s: DistillSettings, path: Path) -> None:
+    """Refuse changed training hyper-parameters on ``--resume``; log the harmless changes explicitly.
+
+    Raises:
+        FhbError: naming each changed hyper-parameter (saved -> now) and the fix.
+    """
+    if not isinstance(saved, dict):
+        return
+    now = dataclasses.asdict(s)
+    changed = {k: (saved[k], v) for k, v in now.items()
+               if k in saved and (list(saved[k]) if isinstance(saved[k], (tuple, list)) else saved[k])
+               != (list(v) if isinstance(v, (tuple, list)) else v)}
+    refused = {k: c for k, c in changed.items() if k not in _RESUMABLE_CHANGES}
+    if refused:
+        listing = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(refused.items()))
+        raise FhbError(f"--resume from {path}: the run was trained with other settings ({listing}); expected "
+                       "the same hyper-parameters to continue it: rerun with the original options, or start a "
+                       "new run with another --out")
+    for k, (a, b) in sorted(changed.items()):
+        logger.warning("--resume: %s changed from %r to %r", k, a, b)
 
 
 def _export_student(run_dir: Path, tr: Trainer, fit: FitConfig, s: DistillSettings, best: Kept | None) -> Path:

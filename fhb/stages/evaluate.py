@@ -11,17 +11,18 @@ last layer's (the published ``v_loss``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from fhb.errors import FhbError
+from fhb.storage.lock import LakeReadLease
 from fhb.storage.reader import open_lake
 from fhb.student.loss import DistillLoss
-from fhb.training.checks import check_teacher_dim
+from fhb.training.checks import check_complete_splits, check_same_teacher, check_teacher_dim
 from fhb.training.evaluation import evaluate_split
 from fhb.training.loader import LakeLoader
 from fhb.training.runs import load_run_student
@@ -29,6 +30,28 @@ from fhb.training.runs import load_run_student
 __all__ = ["evaluate_run", "print_evaluation"]
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _progress(show: bool, loader: LakeLoader, max_batches: int | None) -> Iterator[Callable[[int], None] | None]:
+    """A transient progress bar over the split's batches (``fhb evaluate`` on 960 h takes hours)."""
+    if not show:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from fhb.pipeline.logging_setup import console
+
+    try:
+        total: int | None = len(loader)
+    except (TypeError, ValueError):
+        total = None
+    if max_batches is not None and total is not None:
+        total = min(total, max_batches)
+    columns = (TextColumn("evaluate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("evaluate", total=total)
+        yield lambda done: progress.update(task, completed=done)
 
 
 def evaluate_run(
@@ -42,6 +65,7 @@ def evaluate_run(
     device: str = "cpu",
     max_batches: int | None = None,
     show: bool = False,
+    any_encoding: bool = False,
 ) -> dict[str, Any]:
     """Per-layer losses of a run's student on one split of a lake.
 
@@ -55,6 +79,8 @@ def evaluate_run(
         device: ``cpu`` or ``cuda``.
         max_batches: stop after this many batches (None: the whole split).
         show: print a rich table.
+        any_encoding: accept a lake of the run's teacher whose targets are encoded otherwise than the
+            run's (e.g. a float32 reference lake for a student trained on a compact one).
 
     Returns:
         ``{"run", "checkpoint", "step", "lake", "split", "batches", "utterances",
@@ -66,12 +92,21 @@ def evaluate_run(
         FhbError: no student, a student in the inference layout, or a lake whose teacher does not
             match the student (dimension, layers).
     """
+    from fhb.pipeline.precision import check_device
+
+    dev = check_device(device)
+    if not (batch_size is None or batch_size >= 1):
+        raise FhbError(f"--batch-size {batch_size}: expected >= 1; fix the value")
     found = load_run_student(run, step, checkpoint)
     model, fit = found.model, found.config
     if model.is_inference:
         raise FhbError(f"{found.source}: the student is in the inference layout (no per-layer heads); expected "
                        "a training checkpoint to score per layer")
-    meta = open_lake(cache).meta
+    lake = open_lake(cache)
+    meta = lake.meta
+    check_same_teacher(found.teacher, lake, f"the student {found.source}", same_encoding=not any_encoding)
+    if split in lake.splits:
+        check_complete_splits(lake, [split], None)
     check_teacher_dim(fit.distiller, meta.teacher.dim, f"lake {cache}", meta.teacher.name,
                       "use the lake the student was distilled from")
     loss_cfg = fit.loss
@@ -88,9 +123,10 @@ def evaluate_run(
                        "sim_loss_weight are 0); nothing to evaluate per layer")
     loader = LakeLoader(cache, [split], layers, batch_size=batch_size, shuffle=False, workers=0,
                         cnn_features=use_cnn)
-    dev = torch.device(device)
     model.to(dev)
-    res = evaluate_split(model, loss_fn, loader, layers, device=dev, use_cnn=use_cnn, max_batches=max_batches)
+    with LakeReadLease(cache), _progress(show, loader, max_batches) as on_batch:  # no writer changes the targets
+        res = evaluate_split(model, loss_fn, loader, layers, device=dev, use_cnn=use_cnn, max_batches=max_batches,
+                             on_batch=on_batch)
     if res.batches == 0:
         raise FhbError(f"lake {cache}: split {split!r} gave no batches; expected at least one utterance")
     weights = {pair.layer: pair.weight for pair in loss_fn.pairs()}

@@ -184,6 +184,7 @@ def _run_facts(run: Path | None) -> dict[str, Any]:
     """What the run recorded: its config.yaml sections, train/eval/selected records of metrics.jsonl."""
     import yaml
 
+    from fhb.student.config import safe_yaml_load
     from fhb.training import run_state
 
     facts: dict[str, Any] = {"config": {}, "train": [], "eval": [], "selected": []}
@@ -191,7 +192,11 @@ def _run_facts(run: Path | None) -> dict[str, Any]:
         return facts
     cfg_path = run / run_state.CONFIG
     if cfg_path.is_file():
-        loaded = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+        try:
+            loaded = safe_yaml_load(cfg_path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise FhbError(f"{cfg_path}: expected the run's yaml config, found unreadable yaml "
+                           f"({' '.join(str(exc).split())}); restore it or export with --checkpoint") from None
         facts["config"] = loaded if isinstance(loaded, dict) else {}
     if (run / run_state.METRICS).is_file():
         for rec in run_state.read_metrics(run):
@@ -366,16 +371,19 @@ def export_s3prl(
         FhbError: no such run/checkpoint, a student in the inference layout (the published
             format needs every head), or a non-empty ``out`` without ``overwrite``.
     """
-    from fhb.files import build_beside
+    from fhb.files import build_beside, check_out_apart, check_replaceable
     from fhb.student.checkpoint import save_published_checkpoint
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FhbError(f"export: {out} exists and is not empty; expected a new folder; pass --overwrite or "
                        "choose another --out")
+    check_out_apart(out, {"--run": run, "--checkpoint": checkpoint, "--config": yaml_path}, "export-s3prl")
+    own = frozenset({CKPT_NAME, YAML_NAME, SAFETENSORS_NAME, CARD_NAME, name})  # exports before the manifest
+    check_replaceable(out, "export-s3prl", own)
     run_dir = Path(run) if run is not None else None
     found = load_run_student(run_dir, step, checkpoint, yaml_path)
-    with build_beside(out) as tmp:
+    with build_beside(out, "export-s3prl", own) as tmp:
         ckpt, cfg = save_published_checkpoint(found.model, found.config, tmp / CKPT_NAME,
                                               yaml_path=tmp / YAML_NAME, global_step=found.step)
         plain = write_safetensors(found.model, found.config, tmp / SAFETENSORS_NAME, found.step)

@@ -437,19 +437,23 @@ def export_hf(
         FhbError: no such run/checkpoint, or a non-empty ``out`` without ``overwrite``.
     """
     import fhb
-    from fhb.files import build_beside
+    from fhb.files import build_beside, check_out_apart, check_replaceable
     from fhb.stages.hf_template import TEMPLATE_FILES, template_dir
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FhbError(f"export-hf: {out} exists and is not empty; expected a new folder; pass --overwrite or "
                        "choose another --out")
+    check_out_apart(out, {"--run": run, "--checkpoint": checkpoint, "--config": yaml_path}, "export-hf")
+    own = frozenset({WEIGHTS_NAME, HEADS_NAME, CONFIG_NAME, PREPROCESSOR_NAME, CARD_NAME, FHB_META, BUNDLE_MANIFEST,
+                     *TEMPLATE_FILES})  # exports before the manifest
+    check_replaceable(out, "export-hf", own)
     run_dir = Path(run) if run is not None else None
     found = load_run_student(run_dir, step, checkpoint, yaml_path)
     d = found.config.distiller
     reason = hubert_incompatibility(d)
     architecture = HUBERT if reason is None else REMOTE
-    with build_beside(out) as tmp:
+    with build_beside(out, "export-hf", own) as tmp:
         weights, heads = split_state(found.model, architecture)
         _save_safetensors(weights, tmp / WEIGHTS_NAME)
         _save_safetensors(heads, tmp / HEADS_NAME)

@@ -27,10 +27,11 @@ import numpy as np
 import torch
 
 from fhb.errors import FhbError
+from fhb.files import check_out_apart
 from fhb.pipeline.audio import AudioError, load_audio_int16
 from fhb.pipeline.corpus import Manifest, scan_librispeech
 from fhb.pipeline.lake_teacher import store_teacher
-from fhb.pipeline.precision import check_precision, check_precision_name
+from fhb.pipeline.precision import check_device, check_precision, check_precision_name
 from fhb.pipeline.teacher import Teacher, TeacherSpec, load_teacher, read_teacher_spec
 from fhb.stages.codec_fit import FIT_SECONDS, collect_sample, fitted_layout, resumable_codecs
 from fhb.stages.shard_plan import ORDERS, ShardJob, plan_shards
@@ -226,17 +227,9 @@ def _check_run_options(workers: int | None, threads: int | None, device: str, pr
     if threads is not None and threads < 0:
         raise FhbError(f"--threads {threads}: expected a positive number of torch threads per worker")
     check_precision_name(precision)
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise FhbError(f"--device {device!r}: expected cpu or cuda (or cuda:N)") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise FhbError(f"--device {device!r}: expected cpu or cuda (or cuda:N)")
+    # a remote cluster's workers may have GPUs this host lacks
+    dev = check_device(device, present=scheduler is None)
     check_precision(precision, dev, bf16_on_cpu=False)  # the teacher autocasts on CUDA only
-    if dev.type == "cuda" and scheduler is None:  # a remote cluster's workers may have GPUs this host lacks
-        found = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if found <= (dev.index or 0):
-            raise FhbError(f"--device {device}: this machine has {found} CUDA device(s); use --device cpu")
 
 
 def run_extract(
@@ -309,6 +302,7 @@ def run_extract(
                            f"float32 lake only (fitted codecs encode the layers); drop one of the two")
     if not Path(teacher).is_file():
         raise FhbError(f"--teacher {teacher}: no such file; pass a fairseq HuBERT/wav2vec 2.0 checkpoint (.pt)")
+    check_out_apart(Path(out), {"--teacher": Path(teacher), "--libri-root": Path(libri_root)}, "extract")
     started = time.perf_counter()
     workers = default_workers() if workers is None else workers
     manifest: Manifest = scan_librispeech(libri_root, splits)

@@ -55,6 +55,9 @@ class ImportResult:
     num_tensors: int
 
 
+_RUN_LAYOUT = frozenset({"config.yaml", "student.pt", "metrics.jsonl"})
+"""What an imported run directory written before the manifest holds."""
+
 def import_checkpoint(ckpt: Path, out: Path, config: Path | None = None, *, overwrite: bool = False) -> ImportResult:
     """Turn a student checkpoint into an fhb run directory (see the module docstring).
 
@@ -76,6 +79,7 @@ def import_checkpoint(ckpt: Path, out: Path, config: Path | None = None, *, over
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FhbError(f"import: {out} exists and is not empty; expected a new run directory; pass --overwrite "
                        "or choose another --out")
+    check_imported_out(out, {"CKPT": ckpt, "--config": config}, "import-checkpoint")
     loaded = load_student_checkpoint(ckpt, config)
     if loaded.model.is_inference:
         raise FhbError(f"{ckpt}: holds the inference layout (no intermediate heads); expected a training "
@@ -87,6 +91,14 @@ def import_checkpoint(ckpt: Path, out: Path, config: Path | None = None, *, over
     n = len(loaded.model.state_dict())
     log.info("imported %s (%s, update %d, %d tensors) into %s", ckpt, loaded.kind, loaded.step, n, out)
     return ImportResult(out, out / run_state.STUDENT, loaded.kind, loaded.step, sha, n)
+
+
+def check_imported_out(out: Path, inputs: dict[str, Path | None], command: str) -> None:
+    """Refuse an ``out`` that is or contains an input, or holds files fhb did not write (before any work)."""
+    from fhb.files import check_out_apart, check_replaceable
+
+    check_out_apart(out, inputs, command)
+    check_replaceable(out, command, _RUN_LAYOUT)
 
 
 def write_imported_run(
@@ -113,7 +125,7 @@ def write_imported_run(
     from fhb.student.checkpoint import save_student
     from fhb.training import run_state
 
-    with build_beside(out) as tmp:
+    with build_beside(out, "import", _RUN_LAYOUT) as tmp:
         resolved = {**config.to_dict(), "fhb_import": record}
         atomic_write_text(tmp / run_state.CONFIG, yaml.safe_dump(resolved, sort_keys=False))
         save_student(model, config, tmp / run_state.STUDENT, epoch=epoch, step=step, teacher=None,

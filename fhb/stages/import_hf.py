@@ -125,7 +125,7 @@ def import_hf(folder: Path, out: Path, *, overwrite: bool = False) -> ImportResu
     """
     from fhb.training import run_state
     from fhb.stages.export_hf import WEIGHTS_NAME
-    from fhb.stages.import_ckpt import write_imported_run
+    from fhb.stages.import_ckpt import check_imported_out, write_imported_run
     from fhb.student.config import FitConfig
     from fhb.student.model import build_fit_student
 
@@ -133,6 +133,7 @@ def import_hf(folder: Path, out: Path, *, overwrite: bool = False) -> ImportResu
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FhbError(f"import-hf: {out} exists and is not empty; expected a new run directory; pass --overwrite "
                        "or choose another --out")
+    check_imported_out(out, {"FOLDER": folder}, "import-hf")
     meta = read_export_meta(folder)
     config = FitConfig.from_dict(meta.get("config"), f"{folder}/fhb.json config")
     if meta.get("layout") != "training":

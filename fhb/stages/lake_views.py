@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -111,7 +112,18 @@ def verify(path: Path) -> int:
     """``fhb verify``: print the findings; returns the number of errors (the exit status follows)."""
     if not path.exists():
         raise FhbError(f"lake {path}: no such directory; pass the --out of an `fhb extract` run")
-    findings = verify_lake(path)
+    total = None
+    if (path / "zarr.json").is_file():
+        try:
+            total = sum(len(v.get("shards", [])) for v in json.loads((path / "zarr.json").read_text())
+                        ["attributes"]["splits"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            total = None  # verify_lake reports the damage
+    columns = (TextColumn("verify {task.fields[shard]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("verify", total=total, shard="")
+        findings = verify_lake(path, on_shard=lambda where: progress.update(task, advance=1, shard=where))
     errors = [f for f in findings if f.severity == "error"]
     for finding in findings:
         colour = "red" if finding.severity == "error" else "yellow"

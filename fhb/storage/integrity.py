@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -57,8 +58,11 @@ def verify_lake(
     path: str | os.PathLike[str],
     frames_fn: FramesFn | None = None,
     check_chunks: bool = True,
+    on_shard: Callable[[str], None] | None = None,
 ) -> list[Finding]:
     """Check a lake; an empty list means it is sound.
+
+    ``on_shard``: called with ``"split/shard"`` as each listed shard is checked (a progress bar).
 
     Checks: the stored teacher, if the lake records one (`teacher_problems`: its weights'
     sha256 with ``check_chunks``, and that they are of the lake's teacher); every listed shard
@@ -76,7 +80,7 @@ def verify_lake(
     frames_fn = frames_fn or meta.num_frames
     findings: list[Finding] = []
     for split, info in meta.splits.items():
-        findings += _verify_split(root, meta, split, frames_fn, check_chunks)
+        findings += _verify_split(root, meta, split, frames_fn, check_chunks, on_shard)
     findings += _verify_teacher(root, meta, check_chunks)
     findings += [Finding("error", f"{root.name}/{CODECS_DIR}", f"{p}; re-create the lake (fhb extract/transcode "
                          f"--codec {meta.dtype})") for p in fitted_problems(root, meta)]
@@ -110,7 +114,8 @@ def _verify_teacher(root: Path, meta: LakeMeta, check_data: bool) -> list[Findin
 
 
 def _verify_split(
-    root: Path, meta: LakeMeta, split: str, frames_fn: FramesFn, check_chunks: bool
+    root: Path, meta: LakeMeta, split: str, frames_fn: FramesFn, check_chunks: bool,
+    on_shard: Callable[[str], None] | None = None,
 ) -> list[Finding]:
     info = meta.splits[split]
     out: list[Finding] = []
@@ -119,6 +124,8 @@ def _verify_split(
     parsed: list[tuple[str, ShardAttrs]] = []
     for shard in info.shards:
         where = f"{split}/{shard}"
+        if on_shard is not None:
+            on_shard(where)
         d = root / split / shard
         attrs = read_node_attrs(d)
         if attrs is None:

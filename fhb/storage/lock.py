@@ -1,4 +1,10 @@
-"""An exclusive lock on a lake, held by the one client process that drives an extraction.
+"""An exclusive lock on a lake, held by the one client process that drives an extraction,
+and the leases of the processes that read it (``fhb distill``, ``fhb evaluate``).
+
+Readers register a file ``<lake>/.fhb.readers/<host>-<pid>-<token>.json`` (`LakeReadLease`); a
+writer refuses while a live reader is registered, a reader refuses while a writer holds the lock.
+Each side first publishes itself, then looks for the other, so two that start together cannot both
+miss each other. Registrations of dead processes on this host are ignored (and removed).
 
 The lock is a file ``<lake>/.fhb.lock`` created with ``O_CREAT | O_EXCL`` holding JSON
 ``{"pid", "hostname", "started", "token", "command"}``. Workers writing shards do not take it;
@@ -146,6 +152,16 @@ class LakeLock:
             self.path.unlink(missing_ok=True)
             raise
         self._token = token
+        readers = live_readers(self.lake_path)
+        if readers:
+            self.release()
+            first = readers[0]
+            raise FhbError(
+                f"lake {self.lake_path} is being read by {first.describe()}"
+                + (f" ({first.command})" if first.command else "")
+                + (f" and {len(readers) - 1} other reader(s)" if len(readers) > 1 else "")
+                + "; expected no reader while writing (it would train on changing targets): wait for it to finish"
+            )
         logger.debug("locked %s", self.lake_path)
         return self
 
@@ -194,6 +210,104 @@ class LakeLock:
 
     def __exit__(self, *exc_info: object) -> None:
         self.release()
+
+
+READERS_DIR = ".fhb.readers"
+"""Folder of a lake where the processes reading it register (`LakeReadLease`)."""
+
+
+def _lock_info(d: object) -> LockInfo:
+    if not isinstance(d, dict):
+        raise ValueError("not a mapping")
+    return LockInfo(pid=int(d["pid"]), hostname=str(d["hostname"]), started=str(d.get("started", "?")),
+                    token=str(d.get("token", "")), command=str(d.get("command", "")))
+
+
+def live_readers(lake_path: str | os.PathLike[str], prune: bool = False) -> list[LockInfo]:
+    """Processes registered as readers of the lake that may still run.
+
+    Registrations of dead processes on this host are ignored; ``prune`` also deletes them (readers
+    do, when they leave: a writer never changes the lake before it holds it).
+    """
+    folder = Path(lake_path) / READERS_DIR
+    try:
+        entries = sorted(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    found = []
+    for entry in entries:
+        try:
+            info = _lock_info(json.loads(entry.read_text()))
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # being written this instant, or damaged: not a proof of a reader
+        if info.is_stale():
+            if prune:
+                entry.unlink(missing_ok=True)
+            continue
+        found.append(info)
+    return found
+
+
+class LakeReadLease:
+    """Context manager: this process reads the lake; writers are refused until it leaves.
+
+    Refuses (`FhbError`) when a writer holds the lake's lock (a stale lock of a dead writer on this
+    host is only a warning: its committed shards are complete). A lake this process cannot write
+    (read-only media) is read without registering, with a warning.
+    """
+
+    def __init__(self, lake_path: str | os.PathLike[str]) -> None:
+        self.lake_path = Path(lake_path)
+        self._file: Path | None = None
+
+    def __enter__(self) -> LakeReadLease:
+        token = uuid.uuid4().hex
+        info = {"pid": os.getpid(), "hostname": socket.gethostname(), "token": token,
+                "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "command": " ".join(sys.argv)[:500]}
+        folder = self.lake_path / READERS_DIR
+        path = folder / f"{info['hostname']}-{os.getpid()}-{token}.json"
+        try:
+            folder.mkdir(exist_ok=True)
+            with open(path, "x", encoding="utf-8") as f:
+                json.dump(info, f)
+            self._file = path
+        except OSError as exc:
+            logger.warning("cannot register as a reader of %s (%s); a writer started now would not be refused",
+                           self.lake_path, exc.strerror or exc)
+        writer = read_lock(self.lake_path)
+        if writer is not None and writer.pid != os.getpid():
+            if writer.is_stale():
+                logger.warning("lake %s has a stale lock (%s, no longer running): an extraction was interrupted; "
+                               "reading its committed shards", self.lake_path, writer.describe())
+            else:
+                self._leave()
+                raise FhbError(
+                    f"lake {self.lake_path} is being written by {writer.describe()}"
+                    + (f" ({writer.command})" if writer.command else "")
+                    + f"; expected no writer while reading: wait for it to finish (if that process is gone, "
+                    f"clear the lock with: fhb unlock {self.lake_path})"
+                )
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._leave()
+
+    def _leave(self) -> None:
+        if self._file is None:
+            return
+        self._file.unlink(missing_ok=True)
+        self._file = None
+        live_readers(self.lake_path, prune=True)  # and those of readers that were killed
+        try:
+            self._file_folder().rmdir()
+        except OSError:
+            pass  # other readers, or already gone
+
+    def _file_folder(self) -> Path:
+        return self.lake_path / READERS_DIR
 
 
 def _pid_alive(pid: int) -> bool:

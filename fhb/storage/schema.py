@@ -596,6 +596,15 @@ class LakeMeta:
                 "frame_rate", "sample_rate", "splits")
         _require_keys(d, keys, where)
         splits = _typed(d, "splits", dict, where)
+        layers = _typed(d, "layers", list, where)
+        if not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in layers):
+            raise FhbError(f"{where}: layers: expected a list of teacher layer numbers >= 1, found {layers!r}; "
+                           "the lake's root zarr.json is damaged: re-run `fhb extract` into a new lake")
+        for key in ("frame_rate", "sample_rate"):
+            rate = _typed(d, key, int, where)
+            if isinstance(rate, bool) or rate < 1:
+                raise FhbError(f"{where}: {key}: expected a positive number per second, found {rate!r}; the "
+                               "lake's root zarr.json is damaged: re-run `fhb extract` into a new lake")
         weights = d.get(TEACHER_ATTR)  # optional: absent in lakes written before it existed
         if weights is not None and not isinstance(weights, Mapping):
             _typed(d, TEACHER_ATTR, dict, where)

@@ -43,6 +43,7 @@ from fhb.storage.schema import (
     FORMAT_NAME,
     INDEX_COLUMNS,
     LOCK_FILE,
+    TEACHER_DIR,
     TMP_PREFIX,
     TRASH_PREFIX,
     ZARR_JSON,
@@ -61,6 +62,7 @@ from fhb.storage.schema import (
     writing_attrs,
 )
 from fhb.storage.layout import is_committed_dir, leftovers_of, read_node_attrs, remove_tree
+from fhb.storage.lock import READERS_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -218,9 +220,38 @@ def _ensure_split_group(p: Path, split: str) -> None:
             raise
 
 
+def _own_lake_entry(e: Path) -> bool:
+    """Whether ``e`` (a lake root or split entry) is something fhb writes there; symlinks never are."""
+    if e.is_symlink():
+        return False
+    if e.name == ZARR_JSON or e.name.startswith((TMP_PREFIX, TRASH_PREFIX)):
+        return True
+    return e.is_dir() and (e.name == TEACHER_DIR or (e / ZARR_JSON).is_file())
+
+
+def foreign_lake_entries(p: Path) -> list[str]:
+    """Entries of the lake ``p`` (its root and split groups) that fhb did not write there."""
+    foreign: list[str] = []
+    for e in sorted(p.iterdir()):
+        if e.name in (LOCK_FILE, READERS_DIR):
+            continue
+        if not _own_lake_entry(e):
+            foreign.append(e.name)
+        elif e.is_dir() and e.name != TEACHER_DIR and (e / ZARR_JSON).is_file():
+            foreign += [f"{e.name}/{c.name}" for c in sorted(e.iterdir()) if not _own_lake_entry(c)]
+    return foreign
+
+
 def _wipe(p: Path) -> None:
+    """Delete the lake's own entries (never a user's files, never through a symlink)."""
+    foreign = foreign_lake_entries(p)
+    if foreign:
+        raise FhbError(
+            f"lake {p}: --overwrite deletes only what fhb wrote, found other entries {foreign[:5]}; "
+            "move them out of the lake (or choose another --out) and rerun"
+        )
     for e in p.iterdir():
-        if e.name == LOCK_FILE:
+        if e.name in (LOCK_FILE, READERS_DIR):
             continue
         if e.is_dir():
             remove_tree(e)

@@ -40,8 +40,14 @@ import torch
 
 import fhb
 from fhb.errors import FhbError
-from fhb.pipeline.checkpoint_io import InertStub, RefusedGlobalError, plain_config, restricted_pickle
 from fhb.files import atomic_torch_save, atomic_write_text
+from fhb.pipeline.checkpoint_io import (
+    InertStub,
+    RefusedGlobalError,
+    check_zip_archive,
+    plain_config,
+    restricted_pickle,
+)
 from fhb.student.config import FitConfig, load_fithubert_yaml
 from fhb.student.model import FitHuBERT, build_fit_student
 
@@ -108,10 +114,7 @@ def _read(path: Path) -> Any:
         found = "a directory" if path.is_dir() else "nothing"
         raise FhbError(f"{path}: expected a student checkpoint file, found {found}; check the path")
     if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            if any(name.split("/", 1)[-1] == "constants.pkl" for name in archive.namelist()):
-                raise FhbError(f"{path}: is a TorchScript archive, which fhb never loads; expected a "
-                               "checkpoint written by torch.save")
+        check_zip_archive(path, "expected a student checkpoint written by torch.save")
     try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=restricted_pickle, mmap=False)
     except RefusedGlobalError as exc:

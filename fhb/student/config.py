@@ -56,6 +56,10 @@ PACKAGED_CONFIGS: tuple[str, ...] = ("fithubert", "fitwav2vec2", "tiny")
 SECTIONS: tuple[str, ...] = ("teacher", "train", "distiller", "optimizer", "data", "specaug")
 
 
+MAX_STUDENT_PARAMETERS = 2_000_000_000
+"""Largest student a config may ask for (8 GB of fp32 weights; FitHuBERT has 22 M)."""
+
+
 def _error(source: str, key: str, expected: str, found: Any, fix: str) -> FhbError:
     """An FhbError naming the key, what was expected, what was found and the fix."""
     return FhbError(f"{source}: {key}: expected {expected}, found {found!r}; {fix}")
@@ -243,6 +247,13 @@ class StudentConfig:
             if getattr(self, key) < 1:
                 raise _error(source, f"distiller.{key}", "an int >= 1", getattr(self, key),
                              "see fhb/configs/fithubert.yaml for working values")
+        parameters = self.parameter_estimate()
+        if parameters > MAX_STUDENT_PARAMETERS:
+            raise _error(source, "distiller", f"a student of at most {MAX_STUDENT_PARAMETERS:.0e} parameters",
+                         f"about {parameters:.2e} parameters (encoder_layers={self.encoder_layers}, "
+                         f"encoder_embed_dim={self.encoder_embed_dim}, encoder_ffn_embed_dim="
+                         f"{self.encoder_ffn_embed_dim}, conv_pos={self.conv_pos})",
+                         "see fhb/configs/fithubert.yaml for working sizes")
         if self.encoder_embed_dim % self.encoder_attention_heads:
             raise _error(source, "distiller.encoder_attention_heads",
                          f"a divisor of encoder_embed_dim={self.encoder_embed_dim}",
@@ -274,6 +285,19 @@ class StudentConfig:
                 raise _error(source, "distiller.pred_layer_id",
                              f"head indices < encoder_layers={self.encoder_layers} (layerwise_proj)",
                              list(self.pred_layer_id), "use indices of the student's layers")
+
+    def parameter_estimate(self) -> int:
+        """Roughly how many parameters the student has (checked before anything is allocated)."""
+        d, f, layers = self.encoder_embed_dim, self.encoder_ffn_embed_dim, self.encoder_layers
+        conv, c_in = 0, 1
+        for channels, kernel, _ in self.conv_feature_layers:
+            conv += c_in * channels * kernel
+            c_in = channels
+        encoder = layers * (4 * d * d + 2 * d * f)
+        positional = d * (d // max(self.conv_pos_groups, 1)) * self.conv_pos
+        heads = (layers if self.layerwise_proj else 1) * d * self.pred_head_final_dim
+        reduction = d * d * self.tr_reduce_factor if self.enable_tr_layer else 0
+        return int(conv + c_in * d + encoder + positional + heads + reduction)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``distiller:`` section as the published code reads it (specs as strings)."""
@@ -568,11 +592,39 @@ def load_fithubert_yaml(path: str | Path) -> FitConfig:
     return _parse(text, str(path))
 
 
+def safe_yaml_load(text: str) -> Any:
+    """``yaml.safe_load`` that refuses anchors' aliases (``*name``).
+
+    An alias bomb (``a: &a [x, x]``, ``b: &b [*a, *a]``, ...) is a few hundred bytes that expand
+    to billions of nodes when anything walks the result; no fhb config needs aliases, so the
+    first one is refused before anything is built.
+
+    Raises:
+        yaml.YAMLError: not yaml, or an alias.
+    """
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:  # noqa: D102 - yaml's hook
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(
+                    None, None, "aliases (*name) are not supported in fhb configs; write the values out",
+                    event.start_mark)
+            return super().compose_node(parent, index)
+
+    loader = NoAliasLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def _parse(text: str, source: str) -> FitConfig:
     import yaml
 
     try:
-        data = yaml.safe_load(text)
+        data = safe_yaml_load(text)
     except yaml.YAMLError as exc:
         raise FhbError(f"{source}: not valid yaml ({exc}); fix the syntax") from None
     return FitConfig.from_dict(data, source)

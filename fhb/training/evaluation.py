@@ -9,7 +9,7 @@ evaluate`` both call it, so their numbers compare.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -120,13 +120,15 @@ class SplitLosses:
 @torch.no_grad()
 def evaluate_split(model: FitHuBERT, loss_fn: DistillLoss, loader: LakeLoader, layers: Sequence[int], *,
                    device: torch.device, precision: str = "fp32", teacher: Teacher | None = None,
-                   use_cnn: bool = False, max_batches: int | None = None) -> SplitLosses:
+                   use_cnn: bool = False, max_batches: int | None = None,
+                   on_batch: Callable[[int], None] | None = None) -> SplitLosses:
     """Mean losses of ``model`` over the batches of ``loader`` (epoch 0 from its first batch, in order).
 
     The model runs in eval mode (its mode is restored afterwards) and the global RNGs are left as
     they were, so evaluating in the middle of training does not change the training run.
     ``max_batches``: stop after that many batches (None: the whole split). With no batch at all,
-    the averages are NaN and ``batches`` is 0.
+    the averages are NaN and ``batches`` is 0. ``on_batch``: called with the number of batches done
+    after each one (a progress bar).
     """
     was_training = model.training
     model.eval()
@@ -146,6 +148,8 @@ def evaluate_split(model: FitHuBERT, loss_fn: DistillLoss, loader: LakeLoader, l
             total += float(lv.total.detach())
             n += 1
             utterances += len(batch.utt_ids)
+            if on_batch is not None:
+                on_batch(n)
             if max_batches is not None and n >= max_batches:
                 break
     model.train(was_training)

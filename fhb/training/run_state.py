@@ -30,6 +30,7 @@ import torch
 
 from fhb.errors import FhbError
 from fhb.files import atomic_torch_save, atomic_write_bytes
+from fhb.pipeline.checkpoint_io import RefusedCheckpointError, load_pickled
 
 logger = logging.getLogger(__name__)
 
@@ -105,12 +106,16 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """One checkpoint file's state, validated (format, version, keys).
 
-    Our own files, but they hold numpy RNG state and python tuples: not weights-only loadable.
+    Read through fhb's restricted unpickler (`fhb.pipeline.checkpoint_io.load_pickled`): tensors,
+    containers, numpy RNG state; a pickle that names anything else (``os.system``) is refused
+    before it runs, like a teacher or a student file.
 
     Raises:
-        ValueError: not a checkpoint of this format/version (torch's own errors pass through).
+        RefusedCheckpointError: code in the pickle, TorchScript, a zip bomb (never fall back past it).
+        CheckpointError: missing, empty, truncated or foreign files.
+        ValueError: not a checkpoint of this format/version.
     """
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_pickled(path, "cpu", f"expected an `fhb distill` checkpoint ({FORMAT})")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"not an {FORMAT} file")
     if state.get("version") != VERSION:
@@ -121,17 +126,42 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
+def latest_target(run_dir: Path) -> Path | None:
+    """The file ``RUN/latest`` names, or None without a ``latest``.
+
+    Raises:
+        FhbError: ``latest`` names a path outside the run directory (``../x``, an absolute path, a
+            symlink out of it): fhb never follows it.
+    """
+    pointer = run_dir / LATEST
+    if not pointer.is_file():
+        return None
+    try:
+        text = pointer.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FhbError(f"run {run_dir}: {LATEST} is unreadable ({exc}); delete it (the checkpoints stay)") from None
+    named = run_dir / text
+    root = run_dir.resolve()
+    target = named.resolve()
+    if not text or os.path.isabs(text) or target == root or root not in target.parents:
+        raise FhbError(
+            f"run {run_dir}: {LATEST} must name a checkpoint inside the run directory, found {text!r}; "
+            f"delete {pointer} (or write e.g. {CHECKPOINT_DIR}/{checkpoint_name(1)} into it)"
+        )
+    return named
+
+
 def load_latest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint of ``run_dir`` that loads, or None when the run has none.
 
     Tries the one ``latest`` names first, then every other checkpoint newest first; each that
     fails to load is reported (warning) and skipped. Raises `FhbError` when checkpoints exist
-    but none loads.
+    but none loads, when ``latest`` points outside the run, and at once for a hostile file
+    (code in its pickle): someone planted it, and resuming from an older one would hide that.
     """
     candidates = list(reversed(list_checkpoints(run_dir)))
-    pointer = run_dir / LATEST
-    if pointer.is_file():
-        named = run_dir / pointer.read_text().strip()
+    named = latest_target(run_dir)
+    if named is not None:
         if named in candidates:
             candidates.remove(named)
         candidates.insert(0, named)
@@ -141,6 +171,8 @@ def load_latest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     for i, path in enumerate(candidates):
         try:
             state = read_checkpoint(path)
+        except RefusedCheckpointError:
+            raise
         except Exception as e:  # noqa: BLE001 - any failure to load means "torn or foreign": fall back
             failures.append(f"{path.name}: {type(e).__name__}: {e}")
             logger.warning("checkpoint %s does not load (%s); falling back to an older one", path, e)

@@ -80,11 +80,9 @@ def resolve_run_checkpoint(run: Path, step: int | None = None, checkpoint: Path 
     final = run / run_state.STUDENT
     if final.is_file():
         return final
-    pointer = run / run_state.LATEST
-    if pointer.is_file():
-        path = run / pointer.read_text(encoding="utf-8").strip()
-        if path.is_file():
-            return path
+    path = run_state.latest_target(run)
+    if path is not None and path.is_file():
+        return path
     raise FhbError(f"run {run}: expected {run_state.STUDENT} or a checkpoint named by {run_state.LATEST}, "
                    "found neither; let `fhb distill` finish or save a checkpoint, or pass --checkpoint")
 
@@ -102,7 +100,9 @@ def _from_distill_state(path: Path) -> RunStudent:
         model.load_state_dict(state["model"], strict=True)
     except RuntimeError as exc:
         raise FhbError(f"{path}: the weights do not match the stored config ({str(exc).splitlines()[0]})") from None
-    return RunStudent(model, config, path, "distill-state", int(state["step"]))
+    teacher = state.get("lake_teacher")
+    return RunStudent(model, config, path, "distill-state", int(state["step"]),
+                      teacher if isinstance(teacher, dict) else None)
 
 
 def load_run_student(

@@ -151,6 +151,30 @@ def reference_lake(tiny_teacher_path: Path, libri_root: Path, tmp_path_factory: 
     return out
 
 
+@pytest.fixture(scope="session")
+def small_run(reference_lake: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 2-update `fhb distill` run (checkpoints at both updates)."""
+    from fhb.cli import main
+
+    out = tmp_path_factory.mktemp("trust") / "run"
+    argv = sys.argv
+    sys.argv = ["fhb", *small_distill_args(reference_lake, out)]
+    try:
+        main()
+    except SystemExit as exc:
+        assert not exc.code, exc.code
+    finally:
+        sys.argv = argv
+    return out
+
+
+def small_distill_args(lake: Path, out: Path, *extra: str) -> list[str]:
+    """``distill`` arguments for a 2-update tiny run on ``lake`` (checkpoint every update)."""
+    return ["distill", "--cache", str(lake), "--config", "tiny", "--out", str(out), "--steps", "2",
+            "--batch-size", "2", "--accumulate", "1", "--workers", "0", "--save-every", "1", "--log-every", "1",
+            "--splits", "train-clean-100", "--max-seconds", "1", "--seed", "3", *extra]
+
+
 @pytest.fixture
 def corpus_copy(libri_root: Path, tmp_path: Path) -> Path:
     """A writable copy of the fixture corpus (the ``LibriSpeech`` directory)."""

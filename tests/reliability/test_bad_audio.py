@@ -54,6 +54,13 @@ def _rate_8k(root: Path) -> list[Path]:
     return [flac]
 
 
+def _too_short(root: Path) -> list[Path]:
+    flac = root / CHAPTER / f"{BAD_ID}.flac"
+    x, rate = sf.read(flac, dtype="int16")
+    sf.write(flac, x[:200], rate, format="FLAC", subtype="PCM_16")  # 12.5 ms: below one teacher frame
+    return [flac]
+
+
 def _directory(root: Path) -> list[Path]:
     flac = root / CHAPTER / f"{BAD_ID}.flac"
     flac.unlink()
@@ -82,6 +89,7 @@ CASES: dict[str, tuple[Callable[[Path], list[Path]], str]] = {
     "stereo": (_stereo, "2 channels, expected 1"),
     "8kHz": (_rate_8k, "8000 Hz, expected 16000 Hz"),
     "directory": (_directory, "found a directory"),
+    "too-short": (_too_short, "shorter than the teacher's conv front-end"),
     "missing-transcript-line": (_missing_transcript_line, f"no line for {BAD_ID}"),
     "non-utf8-transcript": (_non_utf8_transcript, "not UTF-8"),
 }

@@ -226,6 +226,7 @@ UNSUPPORTED: dict[str, tuple[dict[str, Any], str]] = {
     "code-in-conv-spec": ({"conv_feature_layers": "[__import__('os').system('touch PWNED')]"}, "conv layer spec"),
     "deep-nesting": ({"conv_feature_layers": "[" * 5000 + "]" * 5000}, "conv layer spec"),
     "heads-not-dividing": ({"encoder_attention_heads": 5}, "divisible"),
+    "zero-heads": ({"encoder_attention_heads": 0}, "cannot be built"),
     "unknown-extractor": ({"extractor_mode": "group_norm_v2"}, "extractor_mode"),
     "dim-as-float": ({"encoder_embed_dim": 64.5}, "cannot be built"),
 }

@@ -70,6 +70,6 @@ def test_cli_inspect_json_distill_and_evaluate_json(source: Path, tmp_path: Path
     run = tmp_path / "run"
     result = _run(compact, run, steps=2)  # distill from the compact lake
     assert (run / "student.pt").is_file() or result is not None
-    ev = json.loads(_cli("evaluate", str(run), "--cache", str(source), "--split", DEV, "--json"))
+    ev = json.loads(_cli("evaluate", str(run), "--cache", str(source), "--split", DEV, "--json", "--any-encoding"))
     assert set(ev["per_layer"]) == {"layer_01", "layer_02", "layer_03"}
     assert ev["validation_loss"] == ev["dev_loss"] and math.isfinite(ev["validation_loss"])
