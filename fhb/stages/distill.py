@@ -40,6 +40,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -136,33 +137,33 @@ class DistillSettings:
 # Configuration.
 
 
-def _resolve(
+def resolve_settings(
     fit: FitConfig,
-    *,
     cache: Path | None,
     config: Path,
     out: Path,
-    splits: Sequence[str] | None,
-    dev_split: str | None,
-    steps: int | None,
-    epochs: int | None,
-    batch_size: int | None,
-    batch_seconds: float | None,
-    max_seconds: float | None,
-    accumulate: int | None,
-    precision: str | None,
-    device: str,
-    workers: int,
-    prefetch: int,
-    seed: int,
-    online_teacher: Path | None,
-    log_every: int,
-    eval_every: int | None,
-    save_every: int | None,
-    keep_checkpoints: int | None,
-    clip_grad_norm: float | None,
-    weight_decay: float | None,
-    lr: float | None,
+    *,
+    splits: Sequence[str] | None = None,
+    dev_split: str | None = None,
+    steps: int | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    batch_seconds: float | None = None,
+    max_seconds: float | None = None,
+    accumulate: int | None = None,
+    precision: str | None = None,
+    device: str = "cpu",
+    workers: int = 2,
+    prefetch: int = 4,
+    seed: int = 0,
+    online_teacher: Path | None = None,
+    log_every: int = 10,
+    eval_every: int | None = None,
+    save_every: int | None = None,
+    keep_checkpoints: int | None = None,
+    clip_grad_norm: float | None = None,
+    weight_decay: float | None = None,
+    lr: float | None = None,
     allow_missing_shards: bool = False,
     bucketing: str = "sorted",
     early_stopping_patience: int | None = None,
@@ -171,6 +172,44 @@ def _resolve(
     optimizer_impl: str = "s3prl",
     world_size: int = 1,
 ) -> DistillSettings:
+    """The run's `DistillSettings`: the yaml's values with the explicit arguments applied, validated
+    before anything is created (a refused option leaves no run directory).
+
+    Args:
+        fit: the parsed yaml of ``config``.
+        cache: the lake (`fhb extract` output). Required (``libri_root`` alone is not supported).
+        config: a FitHuBERT yaml (published layout).
+        out: run directory (created; must be empty or absent unless ``resume``).
+        splits: training splits (default: the yaml's ``data.train_set`` if the lake has them,
+            else ``train-clean-100``).
+        dev_split: split evaluated after every epoch (or every ``eval_every`` updates) and at the
+            end (None: dev-clean when the lake has it; ``"none"``: no evaluation).
+        steps / epochs: length of the run in optimiser updates / epochs (default: yaml
+            ``train.num_epochs``).
+        batch_size / batch_seconds: utterances per micro-batch, or audio seconds per micro-batch
+            (default: yaml ``train.batch_size``); ``max_seconds`` crops longer utterances (a random,
+            frame-aligned window each epoch).
+        accumulate: micro-batches per update (default: the published effective batch, yaml
+            ``accumulate_grad_batches x gpus`` micro-batches over all ranks; see `published_accumulate`).
+        precision: fp32, fp16 (CUDA) or bf16 (default: fp16 if yaml ``use_fp16`` and CUDA).
+        device: cpu, cuda, cuda:K (under torchrun each rank uses cuda:LOCAL_RANK).
+        workers / prefetch: loader decode processes and batches read ahead.
+        seed: student init, loss random layers, data order, dropout.
+        online_teacher: run this teacher on every batch instead of reading targets (baseline).
+        log_every / eval_every / save_every: intervals in updates (None: never; the last update
+            is always saved and evaluated; ``eval_every`` replaces the per-epoch evaluation).
+        keep_checkpoints: keep only the newest N checkpoints (None: all).
+        clip_grad_norm: max gradient norm (None: no clipping, as published).
+        weight_decay: non-bias weight decay (None: the published 0.01; see `fhb.training.optim`).
+        lr: learning-rate override.
+        allow_missing_shards: train on the committed shards of splits whose listing names missing or
+            uncommitted ones (default: refuse such a lake).
+        bucketing: ``sorted`` (the published batches) or ``window`` (`fhb.training.epoch`).
+        early_stopping_patience / keep_best: override the yaml's ``train.`` keys (0: off).
+        export: ``best`` (the lowest dev loss; ``last`` without a dev split) or ``last`` as ``student.pt``.
+        optimizer_impl: ``s3prl`` (the published update) or ``torch`` (`fhb.training.optim`).
+        world_size: the number of DDP ranks (the effective batch is kept over all of them).
+    """
     train = TrainConfig.from_yaml(fit.train, str(config))
     if cache is None:
         raise FhbError(
@@ -337,38 +376,12 @@ def run_distill(
     config: Path,
     out: Path,
     *,
-    splits: Sequence[str] | None = None,
-    dev_split: str | None = None,
-    steps: int | None = None,
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    batch_seconds: float | None = None,
-    max_seconds: float | None = None,
-    accumulate: int | None = None,
-    precision: str | None = None,
-    device: str = "cpu",
-    workers: int = 2,
-    prefetch: int = 4,
-    seed: int = 0,
     resume: bool = False,
-    online_teacher: Path | None = None,
     libri_root: Path | None = None,
-    log_every: int = 10,
-    eval_every: int | None = None,
-    save_every: int | None = None,
-    keep_checkpoints: int | None = None,
-    clip_grad_norm: float | None = None,
-    weight_decay: float | None = None,
-    lr: float | None = None,
-    allow_missing_shards: bool = False,
-    bucketing: str = "sorted",
-    early_stopping_patience: int | None = None,
-    keep_best: int | None = None,
-    export: str = "best",
-    optimizer_impl: str = "s3prl",
     progress: bool = True,
     stop_after: int | None = None,
     trace_dir: Path | None = None,
+    **options: Any,
 ) -> RunSummary:
     """Train the student of ``config`` from the lake ``cache`` into the run directory ``out``.
 
@@ -376,41 +389,14 @@ def run_distill(
         cache: the lake (`fhb extract` output). Required (``libri_root`` alone is not supported).
         config: a FitHuBERT yaml (published layout).
         out: run directory (created; must be empty or absent unless ``resume``).
-        splits: training splits (default: the yaml's ``data.train_set`` if the lake has them,
-            else ``train-clean-100``).
-        dev_split: split evaluated after every epoch (or every ``eval_every`` updates) and at the
-            end (None: dev-clean when the lake has it; ``"none"``: no evaluation).
-        steps / epochs: length of the run in optimiser updates / epochs (default: yaml
-            ``train.num_epochs``).
-        batch_size / batch_seconds: utterances per micro-batch, or audio seconds per micro-batch
-            (default: yaml ``train.batch_size``); ``max_seconds`` crops longer utterances (a random,
-            frame-aligned window each epoch).
-        accumulate: micro-batches per update (default: the published effective batch, yaml
-            ``accumulate_grad_batches x gpus`` micro-batches over all ranks; see `published_accumulate`).
-        precision: fp32, fp16 (CUDA) or bf16 (default: fp16 if yaml ``use_fp16`` and CUDA).
-        device: cpu, cuda, cuda:K (under torchrun each rank uses cuda:LOCAL_RANK).
-        workers / prefetch: loader decode processes and batches read ahead.
-        seed: student init, loss random layers, data order, dropout.
         resume: continue from ``out``'s newest loadable checkpoint (fresh start if none).
-        online_teacher: run this teacher on every batch instead of reading targets (baseline).
         libri_root: not supported without a lake (raises FhbError when given without ``cache``).
-        log_every / eval_every / save_every: intervals in updates (None: never; the last update
-            is always saved and evaluated; ``eval_every`` replaces the per-epoch evaluation).
-        keep_checkpoints: keep only the newest N checkpoints (None: all).
-        clip_grad_norm: max gradient norm (None: no clipping, as published).
-        weight_decay: non-bias weight decay (None: the published 0.01; see `fhb.training.optim`).
-        lr: learning-rate override.
-        allow_missing_shards: train on the committed shards of splits whose listing names missing or
-            uncommitted ones (default: refuse such a lake).
-        bucketing: ``sorted`` (the published batches) or ``window`` (`fhb.training.epoch`).
-        early_stopping_patience / keep_best: override the yaml's ``train.`` keys (0: off).
-        export: ``best`` (the lowest dev loss; ``last`` without a dev split) or ``last`` as ``student.pt``.
-        optimizer_impl: ``s3prl`` (the published update) or ``torch`` (`fhb.training.optim`).
         progress: show a rich progress bar (rank 0).
         stop_after: stop (without the final save) after this many updates: for tests that
             simulate an interrupted run.
         trace_dir: for tests: every rank appends ``{step, epoch, utt_ids}`` of each micro-batch
             to ``trace_dir/rank-R.jsonl``.
+        **options: the training options of `resolve_settings` (splits, steps, batch_size, lr, ...).
 
     Returns:
         `RunSummary`.
@@ -421,17 +407,8 @@ def run_distill(
             f"straight from LibriSpeech is not implemented: run `fhb extract` first and pass --cache"
         )
     fit = load_fithubert_yaml(config)
-    s = _resolve(
-        fit, cache=cache, config=config, out=out, splits=splits, dev_split=dev_split, steps=steps,
-        epochs=epochs, batch_size=batch_size, batch_seconds=batch_seconds, max_seconds=max_seconds,
-        accumulate=accumulate, precision=precision, device=device, workers=workers, prefetch=prefetch,
-        seed=seed, online_teacher=online_teacher, log_every=log_every, eval_every=eval_every,
-        save_every=save_every, keep_checkpoints=keep_checkpoints, clip_grad_norm=clip_grad_norm,
-        weight_decay=weight_decay, lr=lr, bucketing=bucketing, early_stopping_patience=early_stopping_patience,
-        keep_best=keep_best, export=export, optimizer_impl=optimizer_impl, world_size=env_world_size(),
-        allow_missing_shards=allow_missing_shards,
-    )
-    dist, dev = init_distributed(device)
+    s = resolve_settings(fit, cache, config, out, world_size=env_world_size(), **options)
+    dist, dev = init_distributed(s.device)
     try:
         with LakeReadLease(s.cache):  # no writer changes the targets under the run
             return _run(s, fit, dist, dev, resume, progress and dist.is_main, stop_after, trace_dir)

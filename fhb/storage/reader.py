@@ -25,6 +25,7 @@ from fhb.errors import FhbError
 from fhb.storage.codecs import TargetCodec, blosc_decode_items, check_blosc_frame
 from fhb.storage.fitted import FittedCodec
 from fhb.storage.fitted_store import read_fitted
+from fhb.storage import schema
 from fhb.storage.schema import (
     AUDIO_ARRAY,
     CNN_ARRAY,
@@ -32,8 +33,6 @@ from fhb.storage.schema import (
     ShardAttrs,
     ShardIndex,
     crc32,
-    duplicate_id_error,
-    duplicate_ids,
     is_committed,
     layer_array_name,
     scale_array_name,
@@ -391,8 +390,8 @@ class SplitView:
                     )
                 )
         self._entries = entries
-        for dup in duplicate_ids((n, v.index.utt_ids) for n, v in self._shards.items()):
-            raise duplicate_id_error(name, dup, "re-extract one of them")
+        for dup in schema.duplicate_ids((n, v.index.utt_ids) for n, v in self._shards.items()):
+            raise schema.duplicate_id_error(name, dup, "re-extract one of them")
         self._by_id: dict[str, UttEntry] = {e.utt_id: e for e in entries}
 
     # -- enumeration (for loaders) --------------------------------------------------------------

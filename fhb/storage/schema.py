@@ -286,21 +286,10 @@ class StoredTeacher:
         if d.get("format_version") != TEACHER_FORMAT_VERSION:
             raise FhbError(f"{where}: expected format_version {TEACHER_FORMAT_VERSION}, found "
                            f"{d.get('format_version')!r}; upgrade fhb, or store the teacher again")
-        keys = ("fhb_version", "model_name", "normalize", "config", "source_name", "source_sha256",
-                "weights_sha256", "weights_bytes", "num_tensors", "dtype")
-        _require_keys(d, keys, where)
-        return cls(
-            model_name=_typed(d, "model_name", str, where),
-            normalize=_typed(d, "normalize", bool, where),
-            config=_typed(d, "config", dict, where),
-            source_name=_typed(d, "source_name", str, where),
-            source_sha256=_typed(d, "source_sha256", str, where),
-            weights_sha256=_typed(d, "weights_sha256", str, where),
-            weights_bytes=_typed(d, "weights_bytes", int, where),
-            num_tensors=_typed(d, "num_tensors", int, where),
-            dtype=_typed(d, "dtype", str, where),
-            fhb_version=_typed(d, "fhb_version", str, where),
-        )
+        types = {"model_name": str, "normalize": bool, "config": dict, "source_name": str, "source_sha256": str,
+                 "weights_sha256": str, "weights_bytes": int, "num_tensors": int, "dtype": str, "fhb_version": str}
+        _require_keys(d, tuple(types), where)
+        return cls(**{key: _typed(d, key, typ, where) for key, typ in types.items()})
 
 
 def fitted_param_path(array: str, param: str) -> str:

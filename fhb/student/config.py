@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, fields
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fhb.errors import FhbError
 from fhb.nn.frames import ConvSpec, parse_conv_layers
@@ -201,9 +201,7 @@ class StudentConfig:
                 kwargs[name] = _int_list(source, key, value)
             else:
                 kwargs[name] = _typed(source, key, value, hints[name])
-        config = cls(**kwargs)
-        config.validate(source)
-        return config
+        return _validated(cls(**kwargs), source)
 
     def validate(self, source: str = "config") -> None:
         """Refuse options fhb does not implement and inconsistent sizes.
@@ -379,9 +377,7 @@ class LossConfig:
             for f in fields(cls)
             if f.name in train
         }
-        config = cls(**kwargs)
-        config.validate(source)
-        return config
+        return _validated(cls(**kwargs), source)
 
     def validate(self, source: str = "config") -> None:
         """Refuse losses fhb cannot compute from the lake and inconsistent settings.
@@ -519,6 +515,15 @@ def _check_together(student: StudentConfig, loss: LossConfig, source: str) -> No
     elif not student.pred_layer_id and (loss.rec_loss_weight > 0 or loss.sim_loss_weight > 0):
         raise _error(source, "distiller.pred_layer_id", "at least one layer when distil_random_layer is 0",
                      [], "list the 0-based teacher layers to predict, e.g. '[3, 7, 11]'")
+
+
+_Config = TypeVar("_Config", "StudentConfig", "LossConfig")
+
+
+def _validated(config: _Config, source: str) -> _Config:
+    """``config`` once its ``validate(source)`` passed (every config section is checked on build)."""
+    config.validate(source)
+    return config
 
 
 def _typed(source: str, key: str, value: Any, kind: Any) -> Any:

@@ -188,7 +188,7 @@ def test_published_accumulate_keeps_the_effective_batch_over_ranks() -> None:
 
 
 def test_distill_resolves_accumulate_from_ranks_and_records_it(tmp_path: Path, lake: Path) -> None:
-    from fhb.stages.distill import _resolve
+    from fhb.stages.distill import resolve_settings as _resolve
     from fhb.student.config import load_fithubert_yaml
 
     fit = load_fithubert_yaml(ROOT / "fhb" / "configs" / "fithubert.yaml")
