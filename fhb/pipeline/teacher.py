@@ -51,10 +51,26 @@ def _drop_pretraining_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return {k: v for k, v in state.items() if not k.startswith(PRETRAINING_ONLY)}
 
 
-class _ArchSizes:
-    """``num_layers`` and ``dim`` of a class holding a backbone config in ``arch``."""
+@dataclass
+class TeacherIdentity:
+    """What identifies a teacher and rebuilds its backbone (shared by `Teacher` and `TeacherSpec`).
 
+    Attributes:
+        path: checkpoint file.
+        sha256: hex digest of the checkpoint file.
+        config: the checkpoint's model config (fairseq field names, plain dict).
+        arch: ``BackboneConfig`` built from it.
+        model_name: ``"hubert"`` or ``"wav2vec2"``.
+        normalize: whether fairseq's task normalised each waveform (zero mean, unit variance)
+            before the model.
+    """
+
+    path: Path
+    sha256: str
+    config: dict[str, Any]
     arch: BackboneConfig
+    model_name: str
+    normalize: bool
 
     @property
     def num_layers(self) -> int:
@@ -68,29 +84,18 @@ class _ArchSizes:
 
 
 @dataclass
-class Teacher(_ArchSizes):
-    """A loaded teacher. Build it with :func:`load_teacher`.
+class Teacher(TeacherIdentity):
+    """A loaded teacher (its identity, see `TeacherIdentity`, plus the model). Build it with
+    :func:`load_teacher` (or `fhb.pipeline.lake_teacher.load_lake_teacher`); :meth:`prepare` applies
+    ``normalize``.
 
     Attributes:
         model: the backbone, in eval mode.
-        path: checkpoint file.
-        sha256: hex digest of the checkpoint file.
-        config: the checkpoint's model config (fairseq field names, plain dict).
-        arch: ``BackboneConfig`` built from it.
-        model_name: ``"hubert"`` or ``"wav2vec2"``.
-        normalize: whether fairseq's task normalised each waveform (zero mean, unit variance)
-            before the model; :meth:`prepare` does it.
         device: where the model runs.
         precision: ``"fp32"``, ``"fp16"`` or ``"bf16"`` (autocast on CUDA; fp32 on CPU).
     """
 
     model: Backbone
-    path: Path
-    sha256: str
-    config: dict[str, Any]
-    arch: BackboneConfig
-    model_name: str
-    normalize: bool
     device: torch.device
     precision: str = "fp32"
     max_batch_samples: int = DEFAULT_BATCH_SAMPLES
@@ -267,28 +272,17 @@ def _meta_backbone(path: Path, arch: BackboneConfig, state: dict[str, torch.Tens
                               "use the original file") from None
 
 
-@dataclass(frozen=True)
-class TeacherSpec(_ArchSizes):
-    """What a checkpoint declares, read without building the model (see :func:`read_teacher_spec`).
+@dataclass
+class TeacherSpec(TeacherIdentity):
+    """What a checkpoint declares (its `TeacherIdentity`), read without building the model (see
+    :func:`read_teacher_spec`).
 
     Attributes:
-        path: checkpoint file.
-        sha256: hex digest of the checkpoint file.
-        config: the model config (fairseq field names, plain dict).
-        arch: ``BackboneConfig`` built from it.
-        model_name: ``"hubert"`` or ``"wav2vec2"``.
-        normalize: whether fairseq's task normalised each waveform.
         size: file size in bytes and ``mtime_ns``: with them a worker can check that the file it
             loads is the one that was hashed, instead of hashing it again.
         mtime_ns: see ``size``.
     """
 
-    path: Path
-    sha256: str
-    config: dict[str, Any]
-    arch: BackboneConfig
-    model_name: str
-    normalize: bool
     size: int
     mtime_ns: int
 
