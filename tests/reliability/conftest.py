@@ -154,18 +154,24 @@ def reference_lake(tiny_teacher_path: Path, libri_root: Path, tmp_path_factory: 
 @pytest.fixture(scope="session")
 def small_run(reference_lake: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished 2-update `fhb distill` run (checkpoints at both updates)."""
+    out = tmp_path_factory.mktemp("trust") / "run"
+    main_in_process(*small_distill_args(reference_lake, out))
+    return out
+
+
+def main_in_process(*args: str) -> None:
+    """``fhb ARGS`` in this process (for fixtures wider than a test, where `cli` is not available);
+    asserts it succeeded."""
     from fhb.cli import main
 
-    out = tmp_path_factory.mktemp("trust") / "run"
     argv = sys.argv
-    sys.argv = ["fhb", *small_distill_args(reference_lake, out)]
+    sys.argv = ["fhb", *args]
     try:
         main()
     except SystemExit as exc:
         assert not exc.code, exc.code
     finally:
         sys.argv = argv
-    return out
 
 
 def small_distill_args(lake: Path, out: Path, *extra: str) -> list[str]:

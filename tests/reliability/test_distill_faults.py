@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import random
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ import pytest
 import torch
 
 from . import faults
-from .conftest import TRACEBACK, assert_user_error, fhb_popen
+from .conftest import TRACEBACK, assert_user_error, fhb_popen, main_in_process
 
 SEED = 77
 KILLS = 5
@@ -57,21 +56,13 @@ def distill_ready() -> None:
 @pytest.fixture(scope="module")
 def uninterrupted(distill_ready: None, reference_lake: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     """A straight run (in-process, one thread) and its numbered durability operations."""
-    from fhb.cli import main
-
     out = tmp_path_factory.mktemp("distill") / "straight"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     faults.install("count", ops=faults.RUN_OPS)
-    argv = sys.argv
     try:
-        sys.argv = ["fhb", *_distill_args(reference_lake, out)]
-        try:
-            main()
-        except SystemExit as exc:
-            assert not exc.code, exc.code
+        main_in_process(*_distill_args(reference_lake, out))
     finally:
-        sys.argv = argv
         log = list(faults.LOG)
         faults.uninstall()
         torch.set_num_threads(threads)
