@@ -36,6 +36,7 @@ from fhb.pipeline.teacher import Teacher, TeacherSpec, load_teacher, read_teache
 from fhb.stages.codec_fit import FIT_SECONDS, collect_sample, fitted_layout, resumable_codecs
 from fhb.stages.shard_plan import ORDERS, ShardJob, plan_shards
 from fhb.storage import LakeMeta, LakeWriter, ShardWriter, SplitInfo, TeacherMeta
+from fhb.training.epoch import pack_by_padded_size
 from fhb.storage.codecs import FITTED_DTYPES
 from fhb.storage.fitted import DEFAULT_ERROR_BUDGET, FittedCodec, check_budget, resolve_codec, with_fitted
 from fhb.storage.schema import json_config, layer_array_name
@@ -139,16 +140,9 @@ def _worker_teacher(opts: ExtractOptions) -> Teacher:
 
 
 def _batches_by_seconds(lengths: Sequence[int], seconds: float) -> list[list[int]]:
-    """Consecutive length-sorted groups of about ``seconds`` of padded audio each."""
+    """Consecutive length-sorted (longest first) groups of about ``seconds`` of padded audio each."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
-    budget = int(seconds * 16000)
-    batches: list[list[int]] = []
-    for i in order:
-        if batches and lengths[batches[-1][0]] * (len(batches[-1]) + 1) <= budget:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-    return batches
+    return pack_by_padded_size(order, lengths, int(seconds * 16000))
 
 
 def extract_shard(job: ShardJob, meta: LakeMeta, opts: ExtractOptions) -> ShardResult:

@@ -265,12 +265,7 @@ def _sorted_groups(entries: Sequence[PlanEntry], lengths: np.ndarray, batch_size
             batches.pop()
     else:
         assert budget is not None
-        for i in order:
-            # Sorted descending: the padded size of a batch is its length times its first length.
-            if batches and (len(batches[-1]) + 1) * int(lengths[batches[-1][0]]) <= budget:
-                batches[-1].append(i)
-            else:
-                batches.append([i])
+        batches = pack_by_padded_size(order, lengths, budget)
     groups: list[list[list[int]]] = []
     last_key: tuple[int, int] | None = None
     for bt in batches:
@@ -309,14 +304,26 @@ def _cut(
         rest.sort(key=lambda i: int(lengths[i]))
         return [rest[k : k + batch_size] for k in range(0, len(rest), batch_size)], carry
     assert budget is not None
-    srt = sorted(pool, key=lambda i: int(lengths[i]))
-    batches: list[list[int]] = []
-    cur: list[int] = []
-    for i in srt:
-        # Sorted ascending: the padded size of cur + [i] is (len(cur) + 1) * lengths[i].
-        if cur and (len(cur) + 1) * int(lengths[i]) > budget:
-            batches.append(cur)
-            cur = []
-        cur.append(i)
+    batches = pack_by_padded_size(sorted(pool, key=lambda i: int(lengths[i])), lengths, budget)
     # The last, under-full batch is carried into the next window (emitted at the end).
-    return batches, cur
+    return batches, batches.pop() if batches else []
+
+
+def pack_by_padded_size(order: Sequence[int], lengths: Sequence[int] | np.ndarray, budget: int) -> list[list[int]]:
+    """Consecutive runs of ``order`` whose padded size (count x longest length) stays within
+    ``budget``; an item longer than the budget gets a batch of its own.
+
+    The one length-bucketing rule of fhb: the loader's windows (ascending order), the published
+    batches (descending) and the teacher's batches at extraction (descending) all pack with it.
+    """
+    batches: list[list[int]] = []
+    longest = 0
+    for i in order:
+        n = int(lengths[i])
+        if batches and (len(batches[-1]) + 1) * max(longest, n) <= budget:
+            batches[-1].append(i)
+            longest = max(longest, n)
+        else:
+            batches.append([i])
+            longest = n
+    return batches

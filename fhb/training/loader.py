@@ -106,7 +106,7 @@ class Batch:
         """``B x L x T x D`` float32 targets on ``device`` (codes are decoded there, not on the CPU)."""
         assert self.targets is not None, "an audio-only batch has no targets"
         if self.decoder is None:
-            return self.targets.to(device, torch.float32)
+            return self.targets.to(device, torch.float32, non_blocking=True)
         return self.decoder(self.targets.to(device, non_blocking=True), self.target_lengths)
 
     def to(self, device: torch.device | str, non_blocking: bool = True) -> Batch:
