@@ -418,7 +418,18 @@ class _Terminated(BaseException):
 def _terminate(signum: int, frame: object) -> None:
     """SIGTERM (a scheduler's time limit, a pre-emption): unwind like Ctrl-C, so locks are released
     and nothing half-written is committed; rerunning the same command resumes."""
+    _quiet_abandoned_io()
     raise _Terminated
+
+
+def _quiet_abandoned_io() -> None:
+    """After an interrupt, zarr I/O that was in flight on its event loop finishes (or fails: its
+    temporary shard was removed) after nobody waits for it any more; asyncio would log each such
+    future with a traceback as it is collected. Those writes belong to uncommitted shards, which
+    the rerun redoes, so they are not worth a line."""
+    import logging
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
 def main() -> None:
@@ -446,6 +457,7 @@ def main() -> None:
     except (KeyboardInterrupt, _Terminated):
         from fhb.pipeline.logging_setup import console
 
+        _quiet_abandoned_io()
         console.print("[yellow]interrupted[/]: rerun the same command to resume", highlight=False)
         sys.exit(130)
 
