@@ -102,8 +102,9 @@ class LakeWriter:
         if found is not None and list(found.index.utt_ids) != list(utt_ids):
             raise FhbError(
                 f"lake {self.path}: committed shard {split}/{shard} holds other utterances than "
-                f"this run plans (was it extracted with another --shard-hours or corpus?); "
-                f"rerun with the original options, or pass --overwrite to start over"
+                f"this run plans (was it extracted with another --shard-hours, --order or corpus?); "
+                f"rerun with the original options (a lake begun before length ordering was the "
+                f"default needs --order manifest), or pass --overwrite to start over"
             )
 
     def shard(
