@@ -14,7 +14,7 @@ from rich.table import Table
 from fhb.errors import FhbError
 from fhb.pipeline.logging_setup import console
 from fhb.stages.extract import ExtractSummary, ShardResult
-from fhb.storage.integrity import summarize_lake, verify_lake
+from fhb.storage.integrity import LakeSummary, summarize_lake, verify_lake
 from fhb.storage.layout import dir_size
 
 
@@ -85,6 +85,7 @@ def inspect_lake(path: Path, as_json: bool = False) -> None:
     for key, value in [
         ("format / fhb version", f"{s.format_version} / {s.fhb_version}"),
         ("teacher", f"{s.teacher_name}  sha256 {s.teacher_sha256}"),
+        ("teacher weights", _stored_teacher(s)),
         ("layers", ",".join(map(str, s.layers)) + f"  (dim {s.dim})" + ("  + cnn" if s.cnn_features else "")),
         ("dtype / codec", f"{s.dtype} / {s.codec.get('compressor', s.codec)}"),
         ("bytes on disk", _gb(s.bytes_on_disk)),
@@ -106,6 +107,14 @@ def inspect_lake(path: Path, as_json: bool = False) -> None:
         layers.add_row(name, ly.codec, str(ly.width), "-" if ly.rel_rms is None else f"{ly.rel_rms:.4f}",
                        "-" if ly.budget is None else f"{ly.budget:g}", f"{ly.bytes_per_frame:.1f}")
     console.print(layers)
+
+
+def _stored_teacher(s: LakeSummary) -> str:
+    """The ``teacher weights`` row of ``fhb inspect``: what stage two can rebuild the teacher from."""
+    w = s.teacher_weights
+    if w is None:
+        return f"not stored (add them: fhb lake add-teacher {s.path} --teacher CKPT)"
+    return f"{w['dir']}/{w['file']}  {_gb(int(w['bytes']))}  sha256 {str(w['sha256'])[:12]}…"
 
 
 def verify(path: Path) -> int:

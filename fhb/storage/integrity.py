@@ -293,6 +293,9 @@ class LakeSummary:
     """Target bytes (the stored layers' arrays, all splits) per frame and layer."""
     codec_param_bytes: int = 0
     """Bytes of the fitted codecs' parameters (``_codecs/``), paid once per lake."""
+    teacher_weights: dict[str, Any] | None = None
+    """The stored teacher's record (``teacher_weights`` root attribute: file, sha256, bytes), or
+    None for a lake without the teacher's weights (``fhb lake add-teacher`` adds them)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict."""
@@ -345,6 +348,7 @@ def summarize_lake(path: str | os.PathLike[str]) -> LakeSummary:
         layers_detail=detail,
         bytes_per_frame_per_layer=total / len(detail) if detail else 0.0,
         codec_param_bytes=dir_size(root / CODECS_DIR) if (root / CODECS_DIR).exists() else 0,
+        teacher_weights=meta.teacher_weights.to_dict() if meta.teacher_weights else None,
         path=str(root),
         format_version=meta.format_version,
         fhb_version=meta.fhb_version,

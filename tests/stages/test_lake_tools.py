@@ -78,3 +78,17 @@ def test_console_error_is_one_line(tiny_teacher_path: Path, tmp_path: Path) -> N
     assert proc.returncode == 2
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "error:" in line]
     assert len(errors) == 1 and errors[0].startswith("error:") and "found sha256" in errors[0] and "other.pt" in errors[0]
+
+
+def test_inspect_shows_whether_the_teacher_is_stored(tiny_teacher_path: Path, tmp_path: Path) -> None:
+    import json
+
+    lake = _old_lake(tiny_teacher_path, tmp_path / "lake")
+    before = CliRunner().invoke(app, ["inspect", str(lake)], terminal_width=400)
+    assert before.exit_code == 0 and "not stored (add them: fhb lake add-teacher" in before.output
+    assert json.loads(CliRunner().invoke(app, ["inspect", str(lake), "--json"]).output)["teacher_weights"] is None
+    CliRunner().invoke(app, ["lake", "add-teacher", str(lake), "--teacher", str(tiny_teacher_path)])
+    record = json.loads(CliRunner().invoke(app, ["inspect", str(lake), "--json"]).output)["teacher_weights"]
+    assert record["bytes"] == (lake / TEACHER_DIR / TEACHER_WEIGHTS_FILE).stat().st_size
+    after = CliRunner().invoke(app, ["inspect", str(lake)], terminal_width=400)
+    assert f"{TEACHER_DIR}/{TEACHER_WEIGHTS_FILE}" in after.output and record["sha256"][:12] in after.output
