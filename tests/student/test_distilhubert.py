@@ -42,6 +42,7 @@ def _tiny(**distiller: object) -> FitConfig:
 
 def test_packaged_config_has_ex_yaml_values() -> None:
     fit = load_packaged_config("distilhubert")
+    assert load_fithubert_yaml("distilhubert").to_dict() == fit.to_dict()  # fhb distill --config distilhubert
     d, loss = fit.distiller, fit.loss
     assert (d.encoder_layers, d.encoder_embed_dim, d.encoder_ffn_embed_dim, d.encoder_attention_heads) == (2, 768, 3072, 12)
     assert d.conv_feature_layers == ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2
