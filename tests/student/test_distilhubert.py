@@ -19,6 +19,7 @@ from fhb.errors import FhbError
 from fhb.pipeline.lake_teacher import load_lake_teacher_state, store_teacher
 from fhb.pipeline.teacher import load_teacher
 from fhb.storage import LakeWriter
+from fhb.student.heads import split_predictions
 from fhb.student.config import FitConfig, StudentConfig, load_fithubert_yaml, load_packaged_config
 from fhb.student.loss import DistillLoss
 from fhb.student.model import build_student
@@ -186,3 +187,18 @@ def test_l1_cosine_loss_equals_the_published_loss(rec_type: str) -> None:
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_split_head_equals_the_published_split_linear() -> None:
+    """modules/module.py L606-619 (SplitLinear.forward) and model.py L508-516 on the same weights."""
+    torch.manual_seed(0)
+    student = build_student(_tiny(init_conv_layers=False, init_encoder_layers=0).distiller)
+    x = torch.randn(2, 9, 64)
+    split = student.proj_head[2]
+    h = student.proj_head[1](student.proj_head[0](x))
+    hx = h.reshape(h.shape[0], h.shape[1], split.in_split, 1, split.in_dim)
+    ref = (torch.einsum("...klm,kmn->...kln", hx, split.weight).squeeze(3) + split.bias).reshape(2, 9, -1)
+    torch.testing.assert_close(student.proj_head(x), ref, rtol=1e-6, atol=1e-6)
+    projections = ref.reshape(2, 9, 3, -1).permute(0, 2, 1, 3)  # B x N x T x D, as published
+    for j, p in enumerate(split_predictions(student.proj_head(x), 3)):
+        torch.testing.assert_close(p, projections[:, j], rtol=1e-6, atol=1e-6)
