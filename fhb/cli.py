@@ -206,7 +206,7 @@ def lake_add_teacher(
 @app.command("distill")
 def distill(
     cache: Annotated[Optional[Path], typer.Option("--cache", help="Lake written by `fhb extract`.")] = None,
-    config: Annotated[Path, typer.Option("--config", "-c", help="FitHuBERT yaml (published layout), or a packaged one: fithubert, fitwav2vec2, tiny.")] = Path("fithubert"),
+    config: Annotated[Path, typer.Option("--config", "-c", help="FitHuBERT yaml (published layout), or a packaged one: fithubert, fitwav2vec2, distilhubert, tiny.")] = Path("fithubert"),
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (config.yaml, metrics.jsonl, checkpoints/, student.pt).")] = Path("runs/distill"),
     splits: Annotated[Optional[str], typer.Option(help="Comma-separated training splits (default: yaml data.train_set).")] = None,
     dev_split: Annotated[Optional[str], typer.Option(help="Split evaluated after every epoch (default: dev-clean if the lake has it; none: no evaluation).")] = None,

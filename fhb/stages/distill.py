@@ -68,6 +68,7 @@ from fhb.training.loader import LakeLoader
 from fhb.training.optim import OptimConfig
 from fhb.training.epoch import BUCKETINGS
 from fhb.training.selection import Kept
+from fhb.training.teacher_weights import init_weights
 from fhb.training.trainer import Schedule, TrainConfig, Trainer, build_model_and_loss
 
 logger = logging.getLogger(__name__)
@@ -484,7 +485,8 @@ def _build_trainer(s: DistillSettings, fit: FitConfig, dist: DistInfo, device: t
     loader = _make_loader(s.splits, layers, s, dist, cnn=use_cnn, shuffle=True, train=True)
     dev_loader = (_make_loader([s.dev_split], layers, s, dist, cnn=use_cnn, shuffle=False, train=False)
                   if s.dev_split is not None else None)
-    model, loss_fn, layer_gen = build_model_and_loss(fit, s.seed, n_teacher)
+    init_from = init_weights(fit.distiller, s.cache, lake.meta, teacher)
+    model, loss_fn, layer_gen = build_model_and_loss(fit, s.seed, n_teacher, init_from)
     return Trainer(
         model, loss_fn, layer_gen, loader, needed, OptimConfig.from_yaml(fit.optimizer, weight_decay=s.weight_decay,
                                                                           lr=s.lr, impl=s.optimizer_impl),

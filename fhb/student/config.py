@@ -50,7 +50,7 @@ FITHUBERT_CONV_LAYERS: tuple[ConvSpec, ...] = (
 
 MEL_HEAD_CONV_LAYERS: tuple[ConvSpec, ...] = ((128, 7, 1), (256, 5, 1), (512, 5, 1), (512, 5, 1))
 
-PACKAGED_CONFIGS: tuple[str, ...] = ("fithubert", "fitwav2vec2", "tiny")
+PACKAGED_CONFIGS: tuple[str, ...] = ("fithubert", "fitwav2vec2", "distilhubert", "tiny")
 """Names of the yaml files shipped in :mod:`fhb.configs`."""
 
 SECTIONS: tuple[str, ...] = ("teacher", "train", "distiller", "optimizer", "data", "specaug")
@@ -193,8 +193,10 @@ class StudentConfig:
         kwargs: dict[str, Any] = {}
         for name, value in section.items():
             key = f"distiller.{name}"
-            if name == "mel_spec_head_conv_layers" and value in ("", None):
-                kwargs[name] = ()  # inert; the published dataclass default is ''
+            if name == "mel_spec_head_conv_layers" and value in ("", None, "None"):
+                # no mel head: the published dataclass default is '', and ex.yaml writes None, which
+                # yaml reads as the string 'None' and the published model eval()s to None
+                kwargs[name] = ()
             elif name in ("conv_feature_layers", "mel_spec_head_conv_layers"):
                 kwargs[name] = _conv_layers(source, key, value)
             elif name == "pred_layer_id":
@@ -428,7 +430,7 @@ class FitConfig:
         train: the whole ``train:`` section as read (loss keys included; :attr:`loss` wins).
         optimizer: ``optimizer:`` section.
         data: ``data:`` section.
-        specaug: ``specaug:`` section (SpecAugment is not supported: ``train.specaug`` must be False).
+        specaug: ``specaug:`` section (`fhb.student.specaug.SpecAugConfig`, used when ``train.specaug``).
         extra: top-level sections other than the six published ones, kept for round trips.
     """
 
@@ -468,10 +470,13 @@ class FitConfig:
                 raise _error(source, name, "a mapping", type(value).__name__,
                              "see fhb/configs/fithubert.yaml for the layout")
             sections[name] = copy.deepcopy(dict(value))
-        if sections["train"].get("specaug", False) not in (False, None):
-            raise _error(source, "train.specaug", "False", sections["train"]["specaug"],
-                         "SpecAugment is not supported yet (the published code applies it only to the "
-                         "unused mel front-end); set specaug: False")
+        specaug = sections["train"].get("specaug", False)
+        if specaug not in (False, None, True):
+            raise _error(source, "train.specaug", "true or false", specaug, "fix the value")
+        if specaug:
+            from fhb.student.specaug import SpecAugConfig
+
+            SpecAugConfig.from_dict(sections["specaug"], source)  # validated once, here
         distiller = StudentConfig.from_dict(sections["distiller"], source)
         loss = LossConfig.from_train(sections["train"], source)
         _check_together(distiller, loss, source)
@@ -575,7 +580,7 @@ def _int_list(source: str, key: str, value: Any) -> tuple[int, ...]:
 def load_fithubert_yaml(path: str | Path) -> FitConfig:
     """Read and validate a FitHuBERT yaml (the published layout; see ``fhb/configs``).
 
-    ``path`` may also name a packaged config (``fithubert``, ``fitwav2vec2``, ``tiny``).
+    ``path`` may also name a packaged config (see :data:`PACKAGED_CONFIGS`).
 
     Raises:
         FhbError: the file is missing or not yaml, or the config is invalid (see
@@ -636,7 +641,7 @@ def _parse(text: str, source: str) -> FitConfig:
 
 
 def packaged_config_path(name: str) -> Traversable:
-    """The packaged yaml ``name`` (``fithubert``, ``fitwav2vec2``, ``tiny``) in :mod:`fhb.configs`.
+    """The packaged yaml ``name`` (one of :data:`PACKAGED_CONFIGS`) in :mod:`fhb.configs`.
 
     Raises:
         FhbError: an unknown name.

@@ -229,6 +229,7 @@ class FitHuBERT(nn.Module):
         self.upsampler = upsampler
         self.proj_head = proj_head
         self.final_proj: nn.Module | None = None
+        self.specaug: nn.Module | None = None  # fhb.student.specaug.SpecAugment (train.specaug); no parameters
 
     # ------------------------------------------------------------------ sizes and frames
 
@@ -298,7 +299,10 @@ class FitHuBERT(nn.Module):
             cnn_lengths = torch.full((wavs.shape[0],), frames, dtype=torch.long, device=wavs.device)
         else:
             cnn_lengths = conv_output_lengths(lengths.to(wavs.device), self.feature_extractor.specs).clamp(max=frames)
-        return self.layer_norm(features.transpose(1, 2)), cnn_lengths
+        features = features.transpose(1, 2)
+        if self.specaug is not None:  # masks the conv features in training mode (fhb.student.specaug)
+            features = self.specaug(features, cnn_lengths)
+        return self.layer_norm(features), cnn_lengths
 
     def forward_features(self, features: torch.Tensor, lengths: torch.Tensor) -> StudentOutput:
         """Everything after the conv stack: projection, encoder, heads.
@@ -442,7 +446,7 @@ def build_student(
     teacher_dim: int | None = None,
     *,
     cnn_loss_weight: float = 0.0,
-    teacher: nn.Module | None = None,
+    teacher: nn.Module | Mapping[str, torch.Tensor] | None = None,
 ) -> FitHuBERT:
     """Assemble a fresh :class:`FitHuBERT` (random weights, training layout).
 
@@ -452,8 +456,9 @@ def build_student(
             (None: not checked).
         cnn_loss_weight: ``train.cnn_loss_weight``; when > 0 and ``pred_head_final_dim !=
             encoder_embed_dim`` a ``cnn_proj_head`` is built, as in the published code.
-        teacher: the teacher backbone (``load_teacher(path).model``), needed only for
-            ``init_conv_layers`` / ``init_encoder_layers``.
+        teacher: the teacher backbone's state dict (the lake's, ``load_lake_teacher_state``) or
+            the backbone (``load_teacher(path).model``), needed only for ``init_conv_layers`` /
+            ``init_encoder_layers``.
 
     Raises:
         FhbError: ``teacher_dim`` differs from ``pred_head_final_dim``, or teacher
@@ -493,7 +498,7 @@ def build_student(
 
 
 def build_fit_student(
-    config: FitConfig, teacher_dim: int | None = None, teacher: nn.Module | None = None
+    config: FitConfig, teacher_dim: int | None = None, teacher: nn.Module | Mapping[str, torch.Tensor] | None = None
 ) -> FitHuBERT:
     """:func:`build_student` for a whole yaml (takes ``cnn_loss_weight`` from ``train:``)."""
     return build_student(

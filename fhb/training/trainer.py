@@ -49,6 +49,7 @@ from fhb.pipeline.teacher import Teacher
 from fhb.student.config import FitConfig
 from fhb.student.loss import DistillLoss
 from fhb.student.model import FitHuBERT, build_student
+from fhb.student.specaug import spec_augment
 from fhb.training import run_state
 from fhb.training.distributed import DistInfo, all_reduce_mean, all_reduce_min, barrier, broadcast_from_main
 from fhb.training.evaluation import evaluate_split, forward_loss
@@ -171,15 +172,19 @@ def make_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=(precision == "fp16" and device.type == "cuda"))
 
 
-def build_model_and_loss(fit: FitConfig, seed: int, num_teacher_layers: int) -> tuple[FitHuBERT, DistillLoss,
-                                                                                      torch.Generator]:
+def build_model_and_loss(fit: FitConfig, seed: int, num_teacher_layers: int,
+                         teacher_state: Mapping[str, torch.Tensor] | None = None,
+                         ) -> tuple[FitHuBERT, DistillLoss, torch.Generator]:
     """The student (initialised from ``seed``), its `DistillLoss`, and the generator of its layer draws.
 
-    The generator (seeded with ``seed``) draws the random layers at the start and after every
-    epoch; it is checkpointed with the other RNG states.
+    ``teacher_state``: the teacher backbone's state dict, for ``init_conv_layers`` /
+    ``init_encoder_layers`` (the lake's stored teacher). With ``train.specaug`` the student gets
+    its SpecAugment (``fhb.student.specaug``). The generator (seeded with ``seed``) draws the
+    random layers at the start and after every epoch; it is checkpointed with the other RNG states.
     """
     torch.manual_seed(seed)
-    model = build_student(fit.distiller, cnn_loss_weight=float(fit.loss.cnn_loss_weight))
+    model = build_student(fit.distiller, cnn_loss_weight=float(fit.loss.cnn_loss_weight), teacher=teacher_state)
+    model.specaug = spec_augment(fit)
     gen = torch.Generator().manual_seed(seed)
     loss = DistillLoss(fit.loss, num_teacher_layers, student=fit.distiller, generator=gen)
     return model, loss, gen

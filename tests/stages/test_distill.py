@@ -34,12 +34,13 @@ def build_lake(libri_root: Path, teacher_path: Path, lake: Path, layers: tuple[i
     from fhb.pipeline.corpus import Utterance, scan_librispeech
     from fhb.pipeline.teacher import load_teacher
     from fhb.storage import LakeMeta, SplitInfo, TeacherMeta
+    from fhb.storage.schema import json_config
     from tests.lakes import Utt, write_lake
 
     teacher = load_teacher(teacher_path)
     layers = layers or tuple(range(1, teacher.num_layers + 1))
     meta = LakeMeta(
-        teacher=TeacherMeta(name=teacher.model_name, sha256=teacher.sha256, config={"arch": "tiny"},
+        teacher=TeacherMeta(name=teacher.model_name, sha256=teacher.sha256, config=json_config(teacher.config),
                             num_layers=teacher.num_layers, dim=teacher.dim, path=str(teacher_path)),
         layers=layers, dtype="float16", splits={s: SplitInfo() for s in splits},
     )

@@ -103,7 +103,7 @@ def test_unknown_distiller_key_is_named() -> None:
         ("distiller", "activation_fn", "swish", "activation"),
         ("train", "attn_loss_weight", 1.0, "attention maps"),
         ("train", "v_rel_loss_weight", 0.5, "attention maps"),
-        ("train", "specaug", True, "not supported yet"),
+        ("train", "specaug", "yes", "true or false"),  # SpecAugment is supported now (tests/student/test_specaug.py)
         ("train", "rec_loss_type", "kl", "'mse' or 'l1'"),
         ("train", "delete_projections", True, "delete_projections"),
         ("train", "distil_random_layer", 12, "at most encoder_layers - 1"),
