@@ -135,7 +135,7 @@ def test_killed_overwrite_leaves_the_old_lake_and_the_rerun_continues_it(
     rerun = cli(*args)
     assert rerun.code == 0 and TRACEBACK not in rerun.stderr, rerun.stderr[-3000:]
     assert "resuming: 2 shard(s) already committed" in rerun.stderr
-    assert f"taking over the lock of pid {proc.pid}" in rerun.stderr  # the partial lake's (the old one's went)
+    assert f"taking over the lock of pid {proc.pid}" in rerun.stderr  # dead locks (the old lake's, the partial one's)
     assert_same_lake(layer1_lake, old_lake)
     assert not verify_errors(old_lake)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
