@@ -233,8 +233,8 @@ def build_beside(out: Path, kind: str = "output", own_layout: frozenset[str] = f
     tmp = beside(out, f"tmp-{PARTIAL}" if resume is not None else f"tmp-{os.getpid()}")
     if resume is None:
         shutil.rmtree(tmp, ignore_errors=True)
-    elif tmp.is_symlink() or tmp.is_dir() and not resume(tmp):
-        check_replaceable(tmp, kind, own_layout, foreign)
+    elif tmp.is_symlink() or tmp.exists() and (not tmp.is_dir() or not resume(tmp)):
+        check_replaceable(tmp, kind, own_layout, foreign)  # a symlink, a file, a user's entry: refused
         logger.warning("%s: %s holds an interrupted build for other options; starting it over", kind, tmp)
         shutil.rmtree(tmp)
     tmp.mkdir(exist_ok=resume is not None)
