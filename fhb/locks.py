@@ -261,7 +261,7 @@ class FolderLock:
         self.folder = Path(folder)
         self.path = lock_path(folder)
         self._token: str | None = None
-        self._created = False
+        self._created: list[Path] = []  # folders this lock made (the folder first, then its new parents)
 
     @property
     def held(self) -> bool:
@@ -322,26 +322,31 @@ class FolderLock:
         """Stop holding without touching the folder: it was replaced, and its lock file went with the
         old one (`fhb.files.build_beside` swapped a new folder in)."""
         self._token = None
-        self._created = False
+        self._created = []
 
     def _make_folder(self) -> None:
         if self.folder.exists() and not self.folder.is_dir():
             raise FhbError(f"{self.what} {self.folder}: expected a directory, found a file; choose another path")
         if self.folder.is_dir():
             return
+        missing = [p for p in (self.folder, *self.folder.absolute().parents) if not p.exists()]
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise FhbError(f"{self.what} {self.folder}: cannot create the directory ({exc.strerror}); "
                            "choose another path") from None
-        self._created = True
+        self._created = missing
 
     def _forget_folder(self) -> None:
-        """Remove the folder again if this lock created it and it is empty."""
-        if self._created and self.remove_created:
-            self._created = False
-            with contextlib.suppress(OSError):
-                self.folder.rmdir()
+        """Remove the folders this lock created (the folder, then its new parents) if they are empty."""
+        created, self._created = self._created, []
+        if not self.remove_created:
+            return
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:
+                return  # not empty: the run wrote into it (or someone else did)
 
     def _take_over(self, holder: LockInfo, reason: str) -> bool:
         """Remove ``holder``'s lock (provably dead: ``reason``); False where that cannot be done safely."""

@@ -274,4 +274,4 @@ def test_refused_distill_leaves_no_run_directory(tiny_teacher_path: Path, libri_
     run_extract_quiet(tiny_teacher_path, libri_root, lake, layers="1,3")
     run = tmp_path / "runs" / "new"
     assert_user_error(cli(*small_distill_args(lake, run)), "missing [2]")
-    assert not run.exists()
+    assert not run.exists() and not run.parent.exists()
