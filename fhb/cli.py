@@ -120,7 +120,7 @@ def extract(
     threads: Annotated[Optional[int], typer.Option(help="torch threads per worker.")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Existing dask scheduler, tcp://host:8786.")] = None,
     on_bad_audio: Annotated[str, typer.Option(help="error: stop at a bad file; skip: list and skip it.")] = "error",
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a lake of another teacher/layers/dtype.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start the lake over: build it beside the old one, swap it in when complete (rerun continues).")] = False,
     order: Annotated[str, typer.Option(help="Storage order: length (longest first, little padding in training) or manifest (by id; resumes older lakes).")] = "length",
 ) -> None:
     """Stage one: run the teacher once over LibriSpeech and write every layer to a Zarr lake."""
@@ -159,8 +159,8 @@ def verify(lake: Annotated[Path, typer.Argument(help="A lake written by fhb extr
 
 
 @app.command()
-def unlock(lake: Annotated[Path, typer.Argument(help="A lake whose extraction was killed.")]) -> None:
-    """Clear the lock a killed `fhb extract` left behind (only when no fhb process uses the lake)."""
+def unlock(lake: Annotated[Path, typer.Argument(help="A lake or run directory locked from another host.")]) -> None:
+    """Clear a lock fhb cannot check itself (taken on another host); a dead local holder's is taken over anyway."""
     from fhb.storage.lock import break_lock
 
     info = break_lock(lake)

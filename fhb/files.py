@@ -5,6 +5,8 @@
   fsync'ed: a crash leaves either the old file or the new one, never a torn one.
 - `build_beside`: a folder is built under a temporary sibling name and swapped into place when
   complete (an existing folder is replaced only then); a failure leaves the old folder as it was.
+  A long build (an extraction) may be resumable: its sibling keeps a fixed name and survives a
+  failure or a kill, and the next build of the same folder continues it.
 
 - `sha256_file`: the hex sha256 of a file's bytes (teachers, checkpoints, stored weights).
 
@@ -15,23 +17,28 @@ is imported by `atomic_torch_save` alone), so every layer may use this module.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import hashlib
+import logging
 import io
 import json
 import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from fhb.errors import FhbError
 
 __all__ = [
     "MANIFEST",
+    "PARTIAL",
     "atomic_torch_save",
     "atomic_write_bytes",
     "atomic_write_text",
+    "beside",
     "build_beside",
     "check_out_apart",
     "check_replaceable",
@@ -43,6 +50,8 @@ __all__ = [
 ]
 
 _HASH_BLOCK = 4 << 20
+
+logger = logging.getLogger(__name__)
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -99,7 +108,9 @@ def atomic_torch_save(obj: object, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-_LEFTOVER = re.compile(r"^\.(.+)\.(?:tmp|old)-\d+$")
+PARTIAL = "partial"
+"""Tag of a resumable `build_beside` folder: ``.<name>.tmp-partial``."""
+_LEFTOVER = re.compile(r"^\.(.+)\.(?:tmp|old)-(?:\d+|partial)$")
 MANIFEST = ".fhb-manifest.json"
 """File in every folder `build_beside` writes: which tool wrote it and the entries it created."""
 
@@ -164,8 +175,12 @@ def check_out_apart(out: Path, inputs: dict[str, Path | None], command: str) -> 
             )
 
 
-def check_replaceable(out: Path, command: str, own_layout: frozenset[str] = frozenset()) -> None:
+def check_replaceable(out: Path, command: str, own_layout: frozenset[str] = frozenset(),
+                      foreign: Callable[[Path], list[str]] | None = None) -> None:
     """Refuse to replace ``out`` unless everything in it is fhb's own output.
+
+    ``foreign`` lists a folder's entries fhb did not write (default: `foreign_entries` with
+    ``own_layout``; a lake recognises its own layout).
 
     Raises:
         FhbError: ``out`` is a symlink, a file, or holds entries fhb did not write.
@@ -179,38 +194,92 @@ def check_replaceable(out: Path, command: str, own_layout: frozenset[str] = froz
     if not out.is_dir():
         raise FhbError(f"{command}: --out {out} is a file; expected a folder fhb wrote (or none); "
                        "choose another --out")
-    foreign = foreign_entries(out, own_layout)
-    if foreign:
+    found = foreign(out) if foreign is not None else foreign_entries(out, own_layout)
+    if found:
         raise FhbError(
-            f"{command}: --out {out} holds entries fhb did not write ({foreign[:5]}); --overwrite only "
-            "replaces fhb's own output; move them away or choose another --out"
+            f"{command}: --out {out} holds entries fhb did not write ({found[:5]}); --overwrite only "
+            "replaces fhb's own output and deletes only what fhb wrote: move them away or choose another --out"
         )
 
 
-@contextlib.contextmanager
-def build_beside(out: Path, kind: str = "output", own_layout: frozenset[str] = frozenset()) -> Iterator[Path]:
-    """Yield an empty temporary sibling of ``out`` to build in; on success it replaces ``out``.
+def beside(out: Path, tag: str) -> Path:
+    """The hidden sibling ``.<name>.<tag>`` of ``out`` (``tag``: ``tmp-<pid>``, ``tmp-partial``, ``old-<pid>``)."""
+    out = Path(out)
+    return out.with_name(f".{out.name}.{tag}")
 
-    An existing ``out`` is replaced only if everything in it was written by fhb (its manifest,
-    else ``own_layout``: the names an older fhb wrote there), see `check_replaceable`; that is
-    checked before the body runs. The old folder is moved aside, the new one renamed in, and
-    only then the old one removed; a failure leaves the old folder as it was. The new folder
-    gets a manifest (`MANIFEST`) listing what it holds. The temporary folder is removed in every case.
+
+@contextlib.contextmanager
+def build_beside(out: Path, kind: str = "output", own_layout: frozenset[str] = frozenset(), *,
+                 foreign: Callable[[Path], list[str]] | None = None,
+                 resume: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+    """Yield a temporary sibling of ``out`` to build in; on success it replaces ``out``.
+
+    An existing ``out`` is replaced only if everything in it was written by fhb (`check_replaceable`:
+    its manifest, else ``own_layout``, or the caller's ``foreign`` rule), checked before the body runs
+    and again before the swap. The new folder is swapped in (atomically where the kernel can exchange
+    two names, else the old one is moved aside first and moved back if the rename fails), and only
+    then the old one is removed: a failure leaves the old folder as it was. Without ``foreign`` the
+    new folder gets a manifest (`MANIFEST`) listing what it holds. Nothing is followed through a symlink.
+
+    ``resume``: a resumable build (an extraction that runs for days). The sibling is
+    ``.<name>.tmp-partial``; a failure or a kill leaves it for the next build of ``out``, which
+    continues it when ``resume(sibling)`` is true and otherwise starts it over (it holds only fhb's
+    output). The caller must hold a lock of ``out``: one build at a time. Without ``resume`` the
+    sibling is ``.<name>.tmp-<pid>`` and removed in every case.
     """
     out = Path(out)
-    check_replaceable(out, kind, own_layout)
+    check_replaceable(out, kind, own_layout, foreign)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = beside(out, f"tmp-{PARTIAL}" if resume is not None else f"tmp-{os.getpid()}")
+    if resume is None:
+        shutil.rmtree(tmp, ignore_errors=True)
+    elif tmp.is_symlink() or tmp.exists() and (not tmp.is_dir() or not resume(tmp)):
+        check_replaceable(tmp, kind, own_layout, foreign)  # a symlink, a file, a user's entry: refused
+        logger.warning("%s: %s holds an interrupted build for other options; starting it over", kind, tmp)
+        shutil.rmtree(tmp)
+    tmp.mkdir(exist_ok=resume is not None)
+    done = False
     try:
         yield tmp
-        write_manifest(tmp, kind)
+        if foreign is None:
+            write_manifest(tmp, kind)
+        check_replaceable(out, kind, own_layout, foreign)  # nothing of the user's arrived meanwhile
+        _swap_in(tmp, out)
+        done = True
+    finally:
+        if resume is None or done:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _swap_in(new: Path, out: Path) -> None:
+    """Put the complete folder ``new`` at ``out``; an existing ``out`` is removed once ``new`` is in place."""
+    old = beside(out, f"old-{os.getpid()}")
+    if out.exists() and _exchange(new, out):
+        os.replace(new, old)  # ``new``'s name now holds the old folder
+    else:
         if out.exists():
             os.replace(out, old)
-        os.replace(tmp, out)
-        fsync_dir(out.parent)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            os.replace(new, out)
+        except BaseException:
+            if old.exists() and not out.exists():
+                os.replace(old, out)
+            raise
+    fsync_dir(out.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the names ``a`` and ``b`` atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where
+    the kernel, the C library or the filesystem cannot (nothing changed then)."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))

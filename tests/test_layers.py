@@ -1,7 +1,7 @@
 """Data flows one way: every fhb package imports only packages below it (README, Layout).
 
 ``cli → stages → training → student → pipeline → storage → nn``; every package may use the
-leaf modules ``fhb.errors`` and ``fhb.files``. Imports inside functions count too, and
+leaf modules ``fhb.errors``, ``fhb.files`` and ``fhb.locks``. Imports inside functions count too, and
 ``fhb.storage`` (read by stage two's loader workers) must not import torch at module level.
 """
 
@@ -15,7 +15,7 @@ import pytest
 import fhb
 
 ORDER = ("cli", "stages", "training", "student", "pipeline", "storage", "nn")
-LEAVES = ("errors", "files", "configs")
+LEAVES = ("errors", "files", "locks", "configs")
 ROOT = Path(fhb.__file__).parent
 
 

@@ -32,6 +32,7 @@ lake first.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -411,21 +412,24 @@ def run_distill(
     s = resolve_settings(fit, cache, config, out, world_size=env_world_size(), **options)
     dist, dev = init_distributed(s.device)
     try:
-        with LakeReadLease(s.cache):  # no writer changes the targets under the run
+        check_out_apart(Path(s.out), {"--cache": Path(s.cache),
+                                      "--config": Path(s.config) if Path(s.config).exists() else None,
+                                      "--online-teacher": Path(s.online_teacher) if s.online_teacher else None},
+                        "distill")
+        # no writer changes the targets under the run; no second distill writes the run
+        with LakeReadLease(s.cache), (run_state.RunLock(s.out) if dist.is_main else contextlib.nullcontext()):
             return _run(s, fit, dist, dev, resume, progress and dist.is_main, stop_after, trace_dir)
     finally:
         cleanup_distributed()
 
 
 def _check_run_dir(s: DistillSettings, dist: DistInfo, resume: bool) -> None:
-    """Refuse a run directory that is an input (or holds one), or a non-empty one without ``--resume``."""
+    """Refuse a non-empty run directory without ``--resume`` (its lock is held; `check_out_apart` passed)."""
     run_dir = Path(s.out)
-    check_out_apart(run_dir, {"--cache": Path(s.cache), "--config": Path(s.config) if Path(s.config).exists() else None,
-                              "--online-teacher": Path(s.online_teacher) if s.online_teacher else None}, "distill")
     if dist.is_main and run_dir.exists() and not resume:
         if not run_dir.is_dir():
             raise FhbError(f"run directory {run_dir}: expected a directory, found a file; choose another --out")
-        leftover = sorted(p.name for p in run_dir.iterdir())
+        leftover = run_state.run_entries(run_dir)
         if leftover:
             raise FhbError(
                 f"run directory {run_dir}: expected an empty or new directory, found {leftover[:5]}; "

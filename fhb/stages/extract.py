@@ -9,6 +9,13 @@ compression overlaps compute) and commits the shard atomically. Only the client 
 root attributes, once every shard of a split has committed. Rerunning the same command resumes.
 The client also stores the teacher's weights in the lake (``_teacher/``, once), so stage two needs
 nothing but the lake.
+
+``--overwrite`` of an existing lake starts over *beside* it: the new lake is written into the hidden
+sibling ``.LAKE.tmp-partial`` (`fhb.files.build_beside`) while the old lake's lock is held (its readers
+and writers are refused), and swapped in only when complete; the old lake is then deleted (only if it
+holds nothing but fhb's own entries, checked first). Killed or failed, the old lake is intact and
+readable, and rerunning the same ``--overwrite`` command continues the partial lake (if it was
+started for the same layout and shard plan; otherwise it is started over).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import numpy as np
 import torch
 
 from fhb.errors import FhbError
-from fhb.files import check_out_apart
+from fhb.files import PARTIAL, beside, build_beside, check_out_apart
 from fhb.pipeline.audio import AudioError, load_audio_int16
 from fhb.pipeline.corpus import Manifest, scan_librispeech
 from fhb.pipeline.lake_teacher import store_teacher
@@ -39,7 +46,10 @@ from fhb.storage import LakeMeta, LakeWriter, ShardWriter, SplitInfo, TeacherMet
 from fhb.training.epoch import pack_by_padded_size
 from fhb.storage.codecs import FITTED_DTYPES
 from fhb.storage.fitted import DEFAULT_ERROR_BUDGET, FittedCodec, check_budget, resolve_codec, with_fitted
-from fhb.storage.schema import json_config, layer_array_name
+from fhb.storage.layout import read_node_attrs
+from fhb.storage.lock import LakeLock
+from fhb.storage.schema import ZARR_JSON, ShardAttrs, is_committed, json_config, layer_array_name
+from fhb.storage.writer import foreign_lake_entries
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +280,8 @@ def run_extract(
             targets by one unit in the last place (float32 sums in another order).
         scheduler: address of an existing dask scheduler (instead of a LocalCluster).
         on_bad_audio: ``error`` stops at the first unusable file; ``skip`` lists and skips it.
-        overwrite: replace a lake of another teacher / layers / dtype.
+        overwrite: start the lake at ``out`` over: a new lake is built beside it and swapped in when
+            complete (see the module docs); rerunning continues an interrupted overwrite.
         progress: an optional callback ``(ShardResult, done, total) -> None``.
         order: storage order of each split's utterances: ``length`` (longest first: neighbouring
             rows have about equal lengths, so training batches pad little and read contiguous
@@ -317,8 +328,9 @@ def run_extract(
         cnn_dim=spec.dim if cnn_features else None,
         splits={s: SplitInfo() for s in splits},
     )
+    target = _write_target(Path(out), overwrite)
     opts = ExtractOptions(
-        teacher=str(Path(teacher).resolve()), lake=str(Path(out).resolve()), layers=meta.layers,
+        teacher=str(Path(teacher).resolve()), lake=str(target.resolve()), layers=meta.layers,
         cnn_features=cnn_features, device=device, precision=precision, batch_seconds=batch_seconds,
         on_bad_audio=on_bad_audio, torch_threads=threads or threads_per_worker(max(1, workers)),
         teacher_sha256=spec.sha256, teacher_size=spec.size, teacher_mtime_ns=spec.mtime_ns,
@@ -327,14 +339,15 @@ def run_extract(
     summary = ExtractSummary(lake=Path(out))
     fitted: dict[str, FittedCodec] | None = None
     if fitted_kind is not None:
-        fitted = None if overwrite else resumable_codecs(Path(out), meta, fitted_kind, codec_error)
+        fitted = resumable_codecs(target, meta, fitted_kind, codec_error)
         if fitted is None:
             jobs = plans[splits[0]]
             sample = _teacher_sample(opts, [u for job in jobs for u in job.utterances], fit_seconds, seed)
             meta, fitted = fitted_layout(meta, fitted_kind, codec_error, sample, seed)
         else:
             meta = with_fitted(meta, fitted)
-    with _lake_write_errors(Path(out)), LakeWriter(out, meta, overwrite=overwrite, fitted=fitted) as lake:
+    with _lake_write_errors(Path(out)), _replacing(Path(out), target, meta, plans), \
+            LakeWriter(target, meta, fitted=fitted) as lake:
         store_teacher(lake, teacher, sha256=spec.sha256)  # stage two needs nothing but the lake
         meta = lake.meta
         for split, jobs in plans.items():  # committed shards must hold the planned utterances
@@ -377,6 +390,55 @@ def run_extract(
             lake.list_split(split, [job.name for job in plans[split]])
     summary.wall_seconds = time.perf_counter() - started
     return summary
+
+
+def _write_target(out: Path, overwrite: bool) -> Path:
+    """Where this run writes: ``out``, or with ``overwrite`` of an existing lake (or to continue an
+    interrupted overwrite) its partial sibling ``.LAKE.tmp-partial``."""
+    partial = beside(out, f"tmp-{PARTIAL}")
+    if overwrite and ((out / ZARR_JSON).is_file() or partial.is_dir()):
+        return partial
+    if partial.is_dir():
+        log.warning("an interrupted `fhb extract --overwrite` of %s left its partial new lake in %s: rerun "
+                    "with --overwrite to continue it, or delete it", out, partial)
+    return out
+
+
+@contextlib.contextmanager
+def _replacing(out: Path, target: Path, meta: LakeMeta, plans: dict[str, list[ShardJob]]) -> Iterator[None]:
+    """With ``target`` beside ``out`` (``--overwrite``): hold the old lake's lock for the whole run
+    (readers and writers of it are refused), build the new lake in ``target`` and swap it in."""
+    if target == out:
+        yield
+        return
+    old = LakeLock(out) if out.is_dir() and not out.is_symlink() else None
+    with old if old is not None else contextlib.nullcontext():
+        with build_beside(out, "extract", foreign=foreign_lake_entries,
+                          resume=lambda partial: _continuable(partial, meta, plans)) as built:
+            assert built == target, (built, target)
+            yield
+        if old is not None:
+            old.forget()  # the old lake, with its lock file, was swapped out and deleted
+    log.info("lake %s replaced by the new extraction", out)
+
+
+def _continuable(partial: Path, meta: LakeMeta, plans: dict[str, list[ShardJob]]) -> bool:
+    """Whether an interrupted overwrite's partial lake was started for this run's layout and shard plan."""
+    attrs = read_node_attrs(partial) if (partial / ZARR_JSON).is_file() else None
+    if attrs is None:
+        return True  # nothing written yet
+    try:
+        if meta.layout_differences(LakeMeta.from_dict(attrs, f"lake {partial}")):
+            return False
+        for split, jobs in plans.items():
+            for job in jobs:
+                shard = read_node_attrs(partial / split / job.name)
+                if is_committed(shard) and list(ShardAttrs.from_attrs(shard or {}, job.name).index.utt_ids) \
+                        != list(job.utt_ids):
+                    return False
+    except FhbError:
+        return False
+    return True
 
 
 def _teacher_sample(opts: ExtractOptions, utts: Sequence[Any], seconds: float, seed: int) -> dict[str, np.ndarray]:

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from fhb.errors import FhbError
+from fhb import locks as _locks
 from fhb.nn.frames import HUBERT_CONV_LAYERS, ConvSpec, conv_output_length, parse_conv_layers
 from fhb.storage.codecs import DTYPES, FITTED_DTYPES, TargetCodec
 
@@ -52,7 +53,7 @@ SAMPLES_PER_FRAME = SAMPLE_RATE // FRAME_RATE  # 320: the teacher's total conv s
 
 # Files and directories.
 ZARR_JSON = "zarr.json"
-LOCK_FILE = ".fhb.lock"
+LOCK_FILE = _locks.LOCK_FILE  # the lake's lock follows fhb.locks' one rule
 TMP_PREFIX = "_tmp_"
 TRASH_PREFIX = "_trash_"
 

@@ -7,6 +7,7 @@ Run directory layout::
     RUN/checkpoints/step-00000100.pt     full training state at update 100
     RUN/latest                           text: the name of the newest complete checkpoint
     RUN/student.pt                       the trained student (fhb student format), at the end
+    RUN/.fhb.lock                        held by the ``fhb distill`` writing the run (`RunLock`)
 
 Every file is written with `fhb.files.atomic_write_bytes` (temporary name, fsync,
 `os.replace`, directory fsync): a crash leaves either the old file or the new one, never a torn one.
@@ -30,6 +31,7 @@ import torch
 
 from fhb.errors import FhbError
 from fhb.files import atomic_torch_save, atomic_write_bytes
+from fhb.locks import LOCK_FILE, FolderLock
 from fhb.pipeline.checkpoint_io import RefusedCheckpointError, load_pickled
 
 logger = logging.getLogger(__name__)
@@ -41,6 +43,26 @@ CONFIG = "config.yaml"
 STUDENT = "student.pt"
 FORMAT = "fhb-distill-state"
 VERSION = 1
+
+
+class RunLock(FolderLock):
+    """The lock of a run directory, held by the one ``fhb distill`` (rank 0) that writes it.
+
+    The lake's lock rule (`fhb.locks.FolderLock`): a second ``fhb distill`` on the run is refused
+    with one line naming the holder; after a SIGKILL, the OOM killer or a power cut, ``--resume``
+    takes the dead holder's lock over with a warning. A run directory the lock created is removed
+    again if the run is refused before writing anything into it.
+    """
+
+    what = "run directory"
+    remove_created = True
+
+
+def run_entries(run_dir: Path) -> list[str]:
+    """The names in ``run_dir`` other than its lock file (what makes a run directory non-empty)."""
+    return sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE)
+
+
 _STEP_RE = re.compile(r"^step-(\d{8})\.pt$")
 
 

@@ -112,14 +112,24 @@ def load_run_student(
 
     ``checkpoints/step-XXXXXXXX.pt`` files are ``fhb distill``'s training states; any other file
     goes through :func:`fhb.student.checkpoint.load_student_checkpoint` (fhb student format,
-    published Lightning ``.ckpt``, bare state dict with ``yaml_path``).
+    published Lightning ``.ckpt``, bare state dict with ``yaml_path``). A run that ``fhb distill`` is
+    writing can be read: its files are written atomically, so the newest complete checkpoint is read.
     """
-    path = resolve_run_checkpoint(Path(run) if run is not None else Path("."), step, checkpoint)
-    if run_state.checkpoint_step(path.name) is not None:
-        found = _from_distill_state(path)
-    else:
-        loaded = load_student_checkpoint(path, yaml_path)
-        found = RunStudent(loaded.model, loaded.config, path, loaded.kind, loaded.step, loaded.teacher)
+    for attempt in range(3):
+        path = resolve_run_checkpoint(Path(run) if run is not None else Path("."), step, checkpoint)
+        if run_state.checkpoint_step(path.name) is None:
+            loaded = load_student_checkpoint(path, yaml_path)
+            found = RunStudent(loaded.model, loaded.config, path, loaded.kind, loaded.step, loaded.teacher)
+            break
+        try:
+            found = _from_distill_state(path)
+            break
+        except FhbError:
+            # A run `fhb distill` is writing: the checkpoint `latest` named was pruned (a newer one replaced
+            # it) between resolving and reading. Every file is written atomically: read the newest instead.
+            if step is not None or checkpoint is not None or path.exists() or attempt == 2:
+                raise
+            log.info("%s was replaced by a newer checkpoint while being read; reading the newest", path.name)
     found.model.eval()
     log.info("student read from %s (%s, update %d)", path, found.kind, found.step)
     return found

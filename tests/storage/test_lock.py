@@ -31,18 +31,22 @@ def test_second_acquirer_refused(tmp_path: Path) -> None:
         pass
 
 
-def test_stale_lock_detected_and_broken(tmp_path: Path) -> None:
+def test_dead_holders_lock_is_taken_over_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A lock whose holder ran on this host and is dead is taken over (crash recovery), with a warning
+    naming the lake, the dead pid and host; `break_lock` (``fhb unlock``) still clears one too."""
     lake = tmp_path / "lake"
     child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                            capture_output=True, text=True, check=True)
     dead_pid = int(child.stdout)
     with LakeLock(lake):
         pass
-    (lake / ".fhb.lock").write_text(json.dumps(
-        {"pid": dead_pid, "hostname": socket.gethostname(), "started": "2025-01-01T00:00:00+00:00"}))
-    with pytest.raises(FhbError, match=f"stale lock: pid {dead_pid} on host .* no longer running; "
-                                       f"clear it with: fhb unlock {lake}"):
-        LakeLock(lake).acquire()
+    dead = json.dumps({"pid": dead_pid, "hostname": socket.gethostname(), "started": "2025-01-01T00:00:00+00:00"})
+    (lake / ".fhb.lock").write_text(dead)
+    with caplog.at_level("WARNING"), LakeLock(lake):
+        assert read_lock(lake).pid == os.getpid()
+    assert f"lake {lake}: taking over the lock of pid {dead_pid} on host {socket.gethostname()}" in caplog.text
+    assert f"pid {dead_pid} is no longer running" in caplog.text
+    (lake / ".fhb.lock").write_text(dead)
     holder = break_lock(lake)
     assert holder is not None and holder.pid == dead_pid
     assert break_lock(lake) is None
