@@ -179,7 +179,8 @@ def build_model_and_loss(fit: FitConfig, seed: int, num_teacher_layers: int) -> 
     epoch; it is checkpointed with the other RNG states.
     """
     torch.manual_seed(seed)
-    model = build_student(fit.distiller, cnn_loss_weight=float(fit.loss.cnn_loss_weight))
+    model = build_student(fit.distiller, cnn_loss_weight=float(fit.loss.cnn_loss_weight),
+                          delete_projections=fit.loss.delete_projections)
     gen = torch.Generator().manual_seed(seed)
     loss = DistillLoss(fit.loss, num_teacher_layers, student=fit.distiller, generator=gen)
     return model, loss, gen
