@@ -87,6 +87,8 @@ def forward_loss(model: torch.nn.Module, loss_fn: DistillLoss, batch: Batch, lay
     if teacher is not None:
         t, n = online_targets(teacher, batch.wavs, batch.wav_lengths, list(layers))
         targets, target_lengths = t.to(device), n.to(device)
+    elif not layers:  # a loss on CNN features only (delete_projections): no teacher layers
+        targets, target_lengths = None, batch.target_lengths.to(device)
     else:
         assert batch.targets is not None, "an audio-only batch needs an online teacher"
         targets, target_lengths = batch.float_targets(device), batch.target_lengths.to(device)
