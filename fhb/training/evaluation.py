@@ -64,10 +64,11 @@ def online_targets(teacher: Teacher, wavs: torch.Tensor, wav_lengths: torch.Tens
     return pad_targets(teacher.extract(prepared, layers=layers))
 
 
-def compute_loss(loss_fn: DistillLoss, output: StudentOutput, targets: torch.Tensor, layers: Sequence[int],
+def compute_loss(loss_fn: DistillLoss, output: StudentOutput, targets: torch.Tensor | None, layers: Sequence[int],
                  target_lengths: torch.Tensor, cnn: torch.Tensor | None) -> LossValues:
-    """Student output + ``B x L x T x D`` targets of teacher ``layers`` -> `LossValues`."""
-    by_layer = {k: targets[:, i] for i, k in enumerate(layers)}
+    """Student output + ``B x L x T x D`` targets of teacher ``layers`` -> `LossValues` (``targets``
+    None only without layers: a CNN-only loss)."""
+    by_layer = {k: targets[:, i] for i, k in enumerate(layers)} if targets is not None else {}
     res = loss_fn(output, by_layer, target_lengths, cnn)
     per = {k: float(v.detach()) for k, v in sorted(res.per_layer.items())}
     n = loss_fn.num_teacher_layers
