@@ -226,7 +226,7 @@ def remote_config(config: Any) -> dict[str, Any]:
     import fhb
     from fhb.nn.frames import total_stride
 
-    stride = total_stride(list(config.conv_feature_layers))
+    stride = total_stride(list(config.front_specs))
     return {
         "architectures": [REMOTE],
         "model_type": "fithubert",
@@ -338,7 +338,7 @@ def _write_card(path: Path, found: RunStudent, run: Path | None, architecture: s
         fhb_card.unlink(missing_ok=True)
     d = found.config.distiller
     f = d.reduce_factor
-    stride = total_stride(list(d.conv_feature_layers))
+    stride = total_stride(list(d.front_specs))
     remote = architecture == REMOTE
     if d.enable_tr_layer:
         first = (f"the time-reduction Conv1d's output (kernel = stride = {f}) over the embedding "

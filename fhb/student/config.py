@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from fhb.errors import FhbError
 from fhb.nn.conformer import ATTENTION_KINDS
 from fhb.nn.frames import ConvSpec, parse_conv_layers
+from fhb.nn.mel import MEL_HOP, MEL_WINDOW
 from fhb.nn.transformer import activation
 from fhb.nn.wav2vec2 import conv_layers_to_string
 from fhb.student.time_reduction import TIME_REDUCTION_TYPES
@@ -168,6 +169,14 @@ class StudentConfig:
     def cnn_dim(self) -> int:
         """Channels of the conv stack's output (512 for FitHuBERT)."""
         return self.conv_feature_layers[-1][0]
+
+    @property
+    def front_specs(self) -> tuple[ConvSpec, ...]:
+        """The front-end's frame arithmetic as conv specs: ``conv_feature_layers``, or one
+        ``(C, 400, 320)`` window for the mel spectrogram (the same 20 ms frames)."""
+        if self.n_mels <= 0:
+            return self.conv_feature_layers
+        return ((self.front_dim, MEL_WINDOW, MEL_HOP),)
 
     @property
     def front_dim(self) -> int:

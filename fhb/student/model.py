@@ -40,7 +40,7 @@ from fhb.nn.frames import (
     receptive_field,
     total_stride,
 )
-from fhb.nn.mel import MEL_HOP, MEL_WINDOW, MelSpecHead, MelSpectrogram
+from fhb.nn.mel import MelSpecHead, MelSpectrogram
 from fhb.nn.positional import conv_positional_embedding
 from fhb.nn.transformer import build_transformer_layers
 from fhb.student.config import FitConfig, StudentConfig
@@ -267,9 +267,7 @@ class FitHuBERT(nn.Module):
     def front_specs(self) -> tuple[ConvSpec, ...]:
         """The front-end's frame arithmetic as conv specs: the conv stack's, or one
         ``(C, 400, 320)`` window for the mel spectrogram (same frame count and hop)."""
-        if self.feature_extractor is not None:
-            return tuple(self.feature_extractor.specs)
-        return ((self.front_dim, MEL_WINDOW, MEL_HOP),)
+        return self.config.front_specs
 
     @property
     def front_dim(self) -> int:
