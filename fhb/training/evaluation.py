@@ -29,7 +29,8 @@ class LossValues:
     """One micro-batch's losses.
 
     ``total``: the weighted loss (differentiable scalar); ``per_layer``: teacher layer ``K`` -> its
-    unweighted loss, ascending; ``last``: the teacher's last layer's (the published validation loss).
+    unweighted loss, ascending; ``last``: the teacher's last layer's (the published validation loss;
+    the total when no layer loss is computed, e.g. a CNN-only loss with ``delete_projections``).
     """
 
     total: torch.Tensor
@@ -72,7 +73,8 @@ def compute_loss(loss_fn: DistillLoss, output: StudentOutput, targets: torch.Ten
     res = loss_fn(output, by_layer, target_lengths, cnn)
     per = {k: float(v.detach()) for k, v in sorted(res.per_layer.items())}
     n = loss_fn.num_teacher_layers
-    return LossValues(total=res.total, per_layer=per, last=per.get(n, float("nan")))
+    last = per.get(n, float("nan")) if per else float(res.total.detach())
+    return LossValues(total=res.total, per_layer=per, last=last)
 
 
 def forward_loss(model: torch.nn.Module, loss_fn: DistillLoss, batch: Batch, layers: Sequence[int], *,

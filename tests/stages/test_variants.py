@@ -100,8 +100,11 @@ def test_variant_trains_from_the_lake_and_round_trips(name: str, lake: Path, tmp
 
     distiller, train = VARIANTS[name]
     config = write_config(tmp_path / f"{name}.yaml", distiller, train)
-    records = distill(lake, config, tmp_path / "run")
+    records = distill(lake, config, tmp_path / "run", dev_split="dev-clean", eval_every=3)
     assert [r["step"] for r in records] == [1, 2, 3]
+    evals = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    dev = [r["dev_loss"] for r in evals if r["kind"] == "eval"]
+    assert dev and all(torch.isfinite(torch.tensor(v)) for v in dev)  # CNN-only: the total loss
     assert all(torch.isfinite(torch.tensor(r["loss"])) and r["loss"] > 0 for r in records)
     trained = load_student_checkpoint(tmp_path / "run" / run_state.STUDENT)
     model = trained.model.eval()
