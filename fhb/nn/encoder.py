@@ -15,7 +15,8 @@ class TransformerEncoder(nn.Module):
     positional embedding; pre-LN models (Large) normalise the last layer's output instead.
 
     Args:
-        pos_conv: ``B x D x T -> B x D x T`` positional convolution.
+        pos_conv: ``B x D x T -> B x D x T`` positional convolution (None: none, e.g. conformer
+            layers with relative or rotary positions).
         layers: the transformer layers.
         layer_norm_first: pre-LN (True) or post-LN (False).
         dropout: dropout after the embedding.
@@ -25,7 +26,7 @@ class TransformerEncoder(nn.Module):
 
     def __init__(
         self,
-        pos_conv: nn.Module,
+        pos_conv: nn.Module | None,
         layers: nn.ModuleList,
         layer_norm_first: bool,
         dropout: float = 0.1,
@@ -50,15 +51,21 @@ class TransformerEncoder(nn.Module):
         """
         if padding_mask is not None:
             x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
-        x = x + self.pos_conv(x.transpose(1, 2)).transpose(1, 2)
+        if self.pos_conv is not None:
+            x = x + self.pos_conv(x.transpose(1, 2)).transpose(1, 2)
         if not self.layer_norm_first:
             x = self.layer_norm(x)
         return self.dropout(x)
 
-    def run_layer(self, index: int, x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
-        """Layer ``index`` (0-based) on ``B x T x D``, honouring layerdrop in training."""
+    def run_layer(
+        self, index: int, x: torch.Tensor, padding_mask: torch.Tensor | None, pos_emb: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Layer ``index`` (0-based) on ``B x T x D``, honouring layerdrop in training; ``pos_emb``
+        (relative positions) is passed on to layers that take it."""
         if self.training and self.layerdrop > 0 and float(torch.rand(())) < self.layerdrop:
             return x
+        if pos_emb is not None:
+            return self.layers[index](x, padding_mask, pos_emb)
         return self.layers[index](x, padding_mask)
 
     def forward(

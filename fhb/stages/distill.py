@@ -470,10 +470,10 @@ def _build_trainer(s: DistillSettings, fit: FitConfig, dist: DistInfo, device: t
     online = teacher is not None
     n_teacher = teacher.num_layers if teacher is not None else lake_teacher.num_layers
     needed = [int(k) for k in required_teacher_layers(fit, n_teacher)]
-    if not needed:
+    if not needed and fit.loss.cnn_loss_weight <= 0:
         raise FhbError(
-            f"{s.config}: expected a loss on teacher layers (rec_loss_weight or sim_loss_weight > 0), "
-            f"found none; fhb distill trains from teacher layers: set rec_loss_weight: 1.0"
+            f"{s.config}: expected a loss on teacher layers (rec_loss_weight or sim_loss_weight > 0) or "
+            f"on its CNN features (cnn_loss_weight > 0), found none; set rec_loss_weight: 1.0"
         )
     check_lake(lake, fit.distiller, needed, s.splits, online)
     if s.dev_split is not None:

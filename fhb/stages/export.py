@@ -162,7 +162,7 @@ def write_s3prl_upstream(out: Path, config: Any, ckpt_path: Path, yaml_path: Pat
     bundle_student_sources(folder / BUNDLE_PACKAGE)
     d = config.distiller
     f = d.reduce_factor
-    stride = total_stride(list(d.conv_feature_layers))
+    stride = total_stride(list(d.front_specs))
     first = (f"the time-reduction Conv1d's output (kernel = stride = {f}) over the embedding "
              "(positional conv, then LayerNorm)" if d.enable_tr_layer else
              "the embedding (the projected CNN features plus the positional conv, then LayerNorm)")

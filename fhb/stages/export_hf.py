@@ -99,6 +99,10 @@ def hubert_incompatibility(config: Any) -> str | None:
     """Why ``HubertConfig`` cannot express the student of ``config`` (a ``StudentConfig``); None if it can."""
     if config.enable_tr_layer:
         return "it has a time-reduction layer"
+    if config.layer_type != "transformer":
+        return f"it has {config.layer_type} layers"
+    if config.n_mels > 0:
+        return "it reads mel spectrograms"
     if config.crop_seq_to_multiple != 1:
         return f"it crops frames to a multiple of {config.crop_seq_to_multiple}"
     if config.activation_fn not in _HF_ACTIVATIONS:
@@ -222,7 +226,7 @@ def remote_config(config: Any) -> dict[str, Any]:
     import fhb
     from fhb.nn.frames import total_stride
 
-    stride = total_stride(list(config.conv_feature_layers))
+    stride = total_stride(list(config.front_specs))
     return {
         "architectures": [REMOTE],
         "model_type": "fithubert",
@@ -334,7 +338,7 @@ def _write_card(path: Path, found: RunStudent, run: Path | None, architecture: s
         fhb_card.unlink(missing_ok=True)
     d = found.config.distiller
     f = d.reduce_factor
-    stride = total_stride(list(d.conv_feature_layers))
+    stride = total_stride(list(d.front_specs))
     remote = architecture == REMOTE
     if d.enable_tr_layer:
         first = (f"the time-reduction Conv1d's output (kernel = stride = {f}) over the embedding "
@@ -439,6 +443,7 @@ def export_hf(
     import fhb
     from fhb.files import build_beside, check_out_apart, check_replaceable
     from fhb.stages.hf_template import TEMPLATE_FILES, template_dir
+    from fhb.student.checkpoint import layout
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
@@ -468,7 +473,7 @@ def export_hf(
         _write_json(tmp / PREPROCESSOR_NAME, _preprocessor())
         _write_json(tmp / FHB_META, {
             "format": FORMAT, "version": FORMAT_VERSION, "fhb_version": fhb.__version__,
-            "architecture": architecture, "layout": "inference" if found.model.is_inference else "training",
+            "architecture": architecture, "layout": layout(found.model, found.config),
             "step": found.step, "source": str(found.source), "kind": found.kind, "teacher": found.teacher,
             "config": found.config.to_dict(),
         })

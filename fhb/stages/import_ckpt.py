@@ -72,7 +72,7 @@ def import_checkpoint(ckpt: Path, out: Path, config: Path | None = None, *, over
             non-empty ``out`` without ``overwrite``.
     """
     from fhb.pipeline.checkpoint_io import sha256_file
-    from fhb.student.checkpoint import load_student_checkpoint
+    from fhb.student.checkpoint import layout, load_student_checkpoint
     from fhb.training import run_state
 
     ckpt, out = Path(ckpt), Path(out)
@@ -81,7 +81,7 @@ def import_checkpoint(ckpt: Path, out: Path, config: Path | None = None, *, over
                        "or choose another --out")
     check_imported_out(out, {"CKPT": ckpt, "--config": config}, "import-checkpoint")
     loaded = load_student_checkpoint(ckpt, config)
-    if loaded.model.is_inference:
+    if layout(loaded.model, loaded.config) == "inference":
         raise FhbError(f"{ckpt}: holds the inference layout (no intermediate heads); expected a training "
                        "checkpoint (the published .ckpt has all heads); import that one")
     sha = sha256_file(ckpt)

@@ -56,6 +56,7 @@ __all__ = [
     "FORMAT_VERSION",
     "StudentCheckpoint",
     "build_for_weights",
+    "layout",
     "load_student",
     "load_student_checkpoint",
     "save_published_checkpoint",
@@ -318,7 +319,7 @@ def save_student(
             "version": FORMAT_VERSION,
             "config": config.to_dict(),
             "model": _cpu_state(model),
-            "layout": "inference" if model.is_inference else "training",
+            "layout": layout(model, config),
             "epoch": int(epoch),
             "step": int(step),
             "optimizer": optimizer,
@@ -331,6 +332,12 @@ def save_student(
         path,
     )
     return path
+
+
+def layout(model: FitHuBERT, config: FitConfig) -> str:
+    """``training`` when ``model`` holds every head its config trains with (none with
+    ``delete_projections``, which trains the inference layout), else ``inference``."""
+    return "inference" if model.is_inference and not config.loss.delete_projections else "training"
 
 
 def save_published_checkpoint(
@@ -364,7 +371,7 @@ def save_published_checkpoint(
     Raises:
         FhbError: the model is in the inference layout (the published loader needs every head).
     """
-    if model.is_inference:
+    if layout(model, config) == "inference":
         raise FhbError("save_published_checkpoint: expected a student in the training layout (the published "
                        "S3PRL upstream loads all heads strictly), found the inference layout; save the "
                        "training model")

@@ -29,9 +29,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fhb.errors import FhbError
+from fhb.nn.conformer import ATTENTION_KINDS
 from fhb.nn.frames import ConvSpec, parse_conv_layers
+from fhb.nn.mel import MEL_HOP, MEL_WINDOW
 from fhb.nn.transformer import activation
 from fhb.nn.wav2vec2 import conv_layers_to_string
+from fhb.student.time_reduction import TIME_REDUCTION_TYPES
 
 __all__ = [
     "PACKAGED_CONFIGS",
@@ -78,23 +81,24 @@ class StudentConfig:
         conv_feature_layers: ``(channels, kernel, stride)`` per conv layer (parsed without eval).
         feature_grad_mult: gradient scale into the conv stack (0: frozen, 1: plain).
         conv_bias: conv biases on or off.
-        n_mels: must be 0 (the mel front-end is not implemented).
-        enable_log_mel: must be False (mel front-end).
-        mel_spec_head_conv_layers: inert (mel front-end only).
+        n_mels: 0 (conv front-end) or the mel bins of the mel-spectrogram front-end (80).
+        enable_log_mel: ``log(mel + 1e-15)`` (mel front-end only).
+        mel_spec_head_conv_layers: the mel front-end's conv head (stride 1, odd kernels; ``()``: none).
         conv_pos: taps of the convolutional positional embedding.
         conv_pos_groups: its groups.
         pos_conv_depth: must be 1.
-        max_positions: inert (conformer only).
-        layer_type: must be ``transformer``.
+        max_positions: inert (fhb computes relative positions for the length at hand).
+        layer_type: ``transformer`` or ``conformer`` (fairseq's wav2vec 2.0 conformer layers).
         encoder_layers: transformer layers (and layer-wise heads).
         encoder_embed_dim: model dimension ``D``.
         encoder_ffn_embed_dim: feed-forward dimension.
         encoder_attention_heads: attention heads.
         activation_fn: feed-forward activation.
         layer_norm_first: pre-LN (True) or post-LN (False) layers.
-        depthwise_conv_kernel_size: inert (conformer only).
-        attn_type: must be ``''`` (conformer option).
-        pos_enc_type: must be ``abs`` (conformer option).
+        depthwise_conv_kernel_size: the conformer's depthwise kernel (odd).
+        attn_type: conformer attention: ``''`` (fairseq) or ``espnet``.
+        pos_enc_type: conformer positions: ``abs`` (the positional conv), ``rel_pos`` or ``rope``
+            (espnet only; no positional conv).
         fp16: inert (precision is a training option).
         dropout: residual and embedding dropout.
         attention_dropout: attention-probability dropout.
@@ -112,7 +116,7 @@ class StudentConfig:
         tr_conv1d_kernel: inert (the published code always uses ``tr_reduce_factor``).
         tr_layer_index: must be 0.
         tr_reduce_factor: time-reduction factor ``f`` (kernel = stride = f).
-        tr_layer_type: must be ``conv1d``.
+        tr_layer_type: ``conv1d``, ``fc1`` or ``fc2`` (see :mod:`fhb.student.time_reduction`).
         checkpoint_activations: must be False.
         required_seq_len_multiple: must be 1 with the time-reduction layer; inert without it.
         crop_seq_to_multiple: drop trailing CNN frames to a multiple of this.
@@ -167,6 +171,21 @@ class StudentConfig:
         return self.conv_feature_layers[-1][0]
 
     @property
+    def front_specs(self) -> tuple[ConvSpec, ...]:
+        """The front-end's frame arithmetic as conv specs: ``conv_feature_layers``, or one
+        ``(C, 400, 320)`` window for the mel spectrogram (the same 20 ms frames)."""
+        if self.n_mels <= 0:
+            return self.conv_feature_layers
+        return ((self.front_dim, MEL_WINDOW, MEL_HOP),)
+
+    @property
+    def front_dim(self) -> int:
+        """Channels of the front-end's output: the conv stack's, the mel head's, or ``n_mels``."""
+        if self.n_mels <= 0:
+            return self.cnn_dim
+        return self.mel_spec_head_conv_layers[-1][0] if self.mel_spec_head_conv_layers else self.n_mels
+
+    @property
     def reduce_factor(self) -> int:
         """Frames merged by the time-reduction layer (1 without it)."""
         return self.tr_reduce_factor if self.enable_tr_layer else 1
@@ -215,10 +234,8 @@ class StudentConfig:
             found = getattr(self, key)
             if found != expected:
                 raise _error(source, f"distiller.{key}", repr(expected), found, fix)
+        _check_variants(self, source)
         if self.enable_tr_layer:
-            if self.tr_layer_type != "conv1d":
-                raise _error(source, "distiller.tr_layer_type", "'conv1d'", self.tr_layer_type,
-                             _TR_LAYER_TYPE_FIX.get(self.tr_layer_type, "set tr_layer_type: conv1d"))
             if self.tr_layer_index != 0:
                 raise _error(source, "distiller.tr_layer_index", "0", self.tr_layer_index,
                              "a time-reduction layer after transformer layer 0 leaves the first heads at "
@@ -294,9 +311,13 @@ class StudentConfig:
             conv += c_in * channels * kernel
             c_in = channels
         encoder = layers * (4 * d * d + 2 * d * f)
+        if self.layer_type == "conformer":  # two feed-forward halves and the convolution module
+            encoder = layers * (7 * d * d + 4 * d * f + d * self.depthwise_conv_kernel_size)
         positional = d * (d // max(self.conv_pos_groups, 1)) * self.conv_pos
         heads = (layers if self.layerwise_proj else 1) * d * self.pred_head_final_dim
         reduction = d * d * self.tr_reduce_factor if self.enable_tr_layer else 0
+        if self.enable_tr_layer and self.tr_layer_type == "fc2":
+            reduction += (d * self.tr_reduce_factor) ** 2
         return int(conv + c_in * d + encoder + positional + heads + reduction)
 
     def to_dict(self) -> dict[str, Any]:
@@ -313,25 +334,59 @@ class StudentConfig:
 
 
 _UNSUPPORTED: tuple[tuple[str, Any, str], ...] = (
-    ("n_mels", 0, "the mel-spectrogram front-end is not implemented (fhb's student reads waveforms "
-                  "through its conv stack, like the published FitHuBERT); set n_mels: 0"),
-    ("enable_log_mel", False, "the mel-spectrogram front-end is not implemented; set enable_log_mel: False"),
-    ("layer_type", "transformer", "the conformer encoder is not implemented; set layer_type: transformer"),
-    ("attn_type", "", "attn_type selects conformer attention, which is not implemented; set attn_type: ''"),
-    ("pos_enc_type", "abs", "relative/rotary positions (conformer) are not implemented; set pos_enc_type: abs"),
     ("pos_conv_depth", 1, "only the single weight-normalised positional conv is implemented; set pos_conv_depth: 1"),
     ("checkpoint_activations", False, "activation checkpointing is not implemented; set "
                                       "checkpoint_activations: False (the student is small)"),
 )
 
-_TR_LAYER_TYPE_FIX: dict[str, str] = {
-    "fc1": "the published fc1 reduction pads a spurious zero frame when the frame count is even, "
-           "builds its zeros on the CPU (so it fails on CUDA) and leaves the padding mask one frame "
-           "short (attention asserts on padded batches); no usable checkpoint can come from it, so fhb "
-           "does not reproduce it: set tr_layer_type: conv1d",
-    "fc2": "the published fc2 reduction is an nn.Sequential that the encoder calls like a transformer "
-           "layer, which raises a TypeError; set tr_layer_type: conv1d",
-}
+LAYER_TYPES: tuple[str, ...] = ("transformer", "conformer")
+"""``layer_type`` values (fhb.nn.transformer / fhb.nn.conformer layers)."""
+
+
+def _check_variants(cfg: StudentConfig, source: str) -> None:
+    """The student variants (issue 12 option 5): mel front-end, conformer layers, reduction kinds."""
+    if cfg.enable_tr_layer and cfg.tr_layer_type not in TIME_REDUCTION_TYPES:
+        raise _error(source, "distiller.tr_layer_type", f"one of {list(TIME_REDUCTION_TYPES)}",
+                     cfg.tr_layer_type, "set tr_layer_type: conv1d")
+    if cfg.layer_type not in LAYER_TYPES:
+        raise _error(source, "distiller.layer_type", f"one of {list(LAYER_TYPES)}", cfg.layer_type,
+                     "set layer_type: transformer")
+    if cfg.layer_type == "conformer":
+        if (cfg.attn_type, cfg.pos_enc_type) not in ATTENTION_KINDS:
+            raise _error(source, "distiller.attn_type/pos_enc_type",
+                         f"one of {[list(k) for k in ATTENTION_KINDS]}", [cfg.attn_type, cfg.pos_enc_type],
+                         "relative and rotary positions need ESPnet attention (the published code raises a "
+                         "TypeError for rel_pos and ignores rope with fairseq attention); set attn_type: espnet "
+                         "or pos_enc_type: abs")
+        if cfg.depthwise_conv_kernel_size < 1 or cfg.depthwise_conv_kernel_size % 2 != 1:
+            raise _error(source, "distiller.depthwise_conv_kernel_size", "an odd int >= 1",
+                         cfg.depthwise_conv_kernel_size, "set depthwise_conv_kernel_size: 31")
+        if cfg.init_encoder_layers:
+            raise _error(source, "distiller.init_encoder_layers", "0 with layer_type: conformer",
+                         cfg.init_encoder_layers, "the teacher's transformer layers do not fit conformer "
+                         "layers; set init_encoder_layers: 0")
+    elif (cfg.attn_type, cfg.pos_enc_type) != ("", "abs"):
+        raise _error(source, "distiller.attn_type/pos_enc_type", "['', 'abs'] with layer_type: transformer",
+                     [cfg.attn_type, cfg.pos_enc_type], "they select conformer attention; set "
+                     "layer_type: conformer, or attn_type: '' and pos_enc_type: abs")
+    if cfg.n_mels < 0:
+        raise _error(source, "distiller.n_mels", "0 (conv front-end) or the mel bins (80)", cfg.n_mels,
+                     "set n_mels: 0")
+    if cfg.n_mels == 0:
+        if cfg.enable_log_mel:
+            raise _error(source, "distiller.enable_log_mel", "False with n_mels: 0", True,
+                         "the log applies to the mel front-end only (the published code asserts this); "
+                         "set enable_log_mel: False or n_mels: 80")
+        return
+    if cfg.init_conv_layers:
+        raise _error(source, "distiller.init_conv_layers", "False with the mel front-end (n_mels > 0)", True,
+                     "the student has no conv stack to copy the teacher's into; set init_conv_layers: False")
+    for channels, kernel, stride in cfg.mel_spec_head_conv_layers:
+        if channels < 1 or kernel < 1 or kernel % 2 != 1 or stride != 1:
+            raise _error(source, "distiller.mel_spec_head_conv_layers", "(channels, odd kernel, stride 1) layers",
+                         conv_layers_to_string(cfg.mel_spec_head_conv_layers),
+                         "the head keeps the 20 ms frame count (padding kernel // 2), which an even kernel or "
+                         "a stride breaks; use e.g. '[(128, 7, 1)] + [(256, 5, 1)] + [(512, 5, 1)] * 2'")
 
 
 @dataclass(frozen=True)
@@ -349,7 +404,10 @@ class LossConfig:
         v_rel_loss_weight: must be 0 (needs teacher attention values).
         distil_random_layer: intermediate layers drawn each epoch (0: use ``pred_layer_id``).
         random_layer_weight: weight of each drawn intermediate layer (the last layer has 1).
-        delete_projections: must be False.
+        delete_projections: train without prediction heads: the student starts in the inference
+            layout (:meth:`~fhb.student.model.FitHuBERT.disable_projection_heads`, as the published
+            code does before training), so only losses that read no head may be on (CNN,
+            attention, value relation); reconstruction and cosine weights must be 0.
         mask_padding: fhb extension, default False (the published behaviour: padded frames count
             in the means). True excludes padded frames from every mean.
     """
@@ -398,10 +456,6 @@ class LossConfig:
                 raise _error(source, f"train.{key}", "0", getattr(self, key),
                              "this loss needs the teacher's attention maps, which the lake does not "
                              f"store; set {key}: 0")
-        if self.delete_projections:
-            raise _error(source, "train.delete_projections", "False", True,
-                         "it removes the prediction heads before training, leaving the reconstruction "
-                         "loss nothing to train (the published code then fails); set it False")
         if self.distil_random_layer < 0:
             raise _error(source, "train.distil_random_layer", "an int >= 0", self.distil_random_layer,
                          "set it to encoder_layers - 1 (11) or 0")
@@ -507,6 +561,8 @@ class FitConfig:
 
 def _check_together(student: StudentConfig, loss: LossConfig, source: str) -> None:
     """Checks that need both the student and the loss settings."""
+    if loss.delete_projections:
+        _check_without_heads(student, loss, source)
     if loss.distil_random_layer > 0:
         if not student.layerwise_proj:
             raise _error(source, "train.distil_random_layer", "0 with layerwise_proj: False",
@@ -520,6 +576,27 @@ def _check_together(student: StudentConfig, loss: LossConfig, source: str) -> No
     elif not student.pred_layer_id and (loss.rec_loss_weight > 0 or loss.sim_loss_weight > 0):
         raise _error(source, "distiller.pred_layer_id", "at least one layer when distil_random_layer is 0",
                      [], "list the 0-based teacher layers to predict, e.g. '[3, 7, 11]'")
+
+
+def _check_without_heads(student: StudentConfig, loss: LossConfig, source: str) -> None:
+    """``delete_projections``: the published code deletes the heads before training, so every loss
+    that reads them crashes there; fhb asks for a loss that can train the student without them."""
+    for key in ("rec_loss_weight", "sim_loss_weight"):
+        if getattr(loss, key) != 0:
+            raise _error(source, f"train.{key}", "0 with delete_projections: True", getattr(loss, key),
+                         "the reconstruction and cosine losses read the prediction heads that "
+                         f"delete_projections removes (the published code then fails); set {key}: 0 or "
+                         "delete_projections: False")
+    if loss.cnn_loss_weight > 0 and student.pred_head_final_dim != student.encoder_embed_dim:
+        raise _error(source, "train.delete_projections", "False when cnn_loss_weight > 0 and "
+                     "encoder_embed_dim != pred_head_final_dim", True,
+                     "the CNN loss then needs cnn_proj_head, a head that delete_projections removes; "
+                     "set delete_projections: False or cnn_loss_weight: 0")
+    if loss.cnn_loss_weight + loss.attn_loss_weight + loss.v_rel_loss_weight <= 0:
+        raise _error(source, "train.delete_projections", "a loss that reads no head (cnn_loss_weight, "
+                     "attn_loss_weight or v_rel_loss_weight > 0)", True,
+                     "without heads and without those losses nothing trains the student; set "
+                     "delete_projections: False")
 
 
 _Config = TypeVar("_Config", "StudentConfig", "LossConfig")

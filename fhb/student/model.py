@@ -4,11 +4,14 @@
 blocks of :mod:`fhb.nn`, with the published parameter names, shapes and order (264 tensors,
 31,629,632 parameters for ``fithubert.yaml``; see ``tests/student/data``). The module tree is::
 
-    feature_extractor   conv stack (fhb.nn.conv)             B x S -> B x C x T'
+    feature_extractor   conv stack (fhb.nn.conv)             B x S -> B x C x T'  (None with n_mels > 0)
+    mel_transform       mel spectrogram (fhb.nn.mel)         B x S -> B x n_mels x T'  (n_mels > 0 only)
+    mel_spec_head       conv head over the mel bins          B x n_mels x T' -> B x C x T'  (optional)
     post_extract_proj   Linear(C, D), absent when C == D
     cnn_proj_head       GELU + Linear(D, D_t), only with a CNN loss and D != D_t
     dropout_input
-    encoder             pos_conv, layers[0] = TimeReduction, layers[1..L] transformer, layer_norm
+    encoder             pos_conv, layers[0] = time reduction, layers[1..L] transformer | conformer,
+                        layer_norm (no pos_conv for conformer rel_pos / rope)
     layer_norm          LayerNorm(C) over the conv features
     upsampler           ConvTranspose1d (used only by the DistilHuBERT-style head)
     proj_head           L layer-wise heads (training) | split head
@@ -27,14 +30,22 @@ import torch
 from torch import nn
 
 from fhb.errors import FhbError
+from fhb.nn.conformer import build_conformer_layer, relative_positions
 from fhb.nn.conv import FeatureExtractor, build_feature_extractor
 from fhb.nn.encoder import TransformerEncoder
-from fhb.nn.frames import conv_output_lengths, lengths_to_padding_mask, receptive_field, total_stride
+from fhb.nn.frames import (
+    ConvSpec,
+    conv_output_lengths,
+    lengths_to_padding_mask,
+    receptive_field,
+    total_stride,
+)
+from fhb.nn.mel import MelSpecHead, MelSpectrogram
 from fhb.nn.positional import conv_positional_embedding
 from fhb.nn.transformer import build_transformer_layers
 from fhb.student.config import FitConfig, StudentConfig
 from fhb.student.heads import LayerWiseProjHead, split_head, split_predictions, upsample
-from fhb.student.time_reduction import TimeReduction
+from fhb.student.time_reduction import TimeReductionLayer, build_time_reduction
 
 __all__ = [
     "FitHuBERT",
@@ -87,36 +98,40 @@ class TimeReducedEncoder(TransformerEncoder):
     """:class:`~fhb.nn.encoder.TransformerEncoder` with FitHuBERT's time reduction at ``layers[0]``.
 
     Embedding (zero padding, ``pos_conv``, post-LN ``layer_norm``, dropout) runs at the CNN rate,
-    then :class:`TimeReduction` (if any), then the transformer layers at ``1/f`` of it with the
-    reduced padding mask. Children are registered in fairseq's order (``pos_conv``, ``layers``,
+    then the time-reduction layer (if any), then the transformer (or conformer) layers at ``1/f``
+    of it with the reduced padding mask (and, for conformer ``rel_pos`` layers, relative positions
+    for the reduced length). Children are registered in fairseq's order (``pos_conv``, ``layers``,
     ``layer_norm``).
 
     Args:
-        pos_conv: positional convolution.
-        layers: the transformer layers.
+        pos_conv: positional convolution (None for conformer ``rel_pos`` / ``rope`` layers).
+        layers: the transformer or conformer layers.
         time_reduction: the reduction layer, or None (``enable_tr_layer: False``).
         layer_norm_first: pre-LN (True) or post-LN (False) layers.
         dropout: dropout after the embedding.
         layerdrop: probability of skipping a transformer layer in training.
         dim: model dimension ``D``.
+        relative: pass :func:`~fhb.nn.conformer.relative_positions` to the layers.
     """
 
     def __init__(
         self,
-        pos_conv: nn.Module,
+        pos_conv: nn.Module | None,
         layers: nn.ModuleList,
-        time_reduction: TimeReduction | None,
+        time_reduction: TimeReductionLayer | None,
         layer_norm_first: bool,
         dropout: float,
         layerdrop: float,
         dim: int,
+        relative: bool = False,
     ) -> None:
         stack = nn.ModuleList(([time_reduction] if time_reduction is not None else []) + list(layers))
         super().__init__(pos_conv, stack, layer_norm_first, dropout=dropout, layerdrop=layerdrop, dim=dim)
         self.first_transformer = 1 if time_reduction is not None else 0
+        self.relative = relative
 
     @property
-    def time_reduction(self) -> TimeReduction | None:
+    def time_reduction(self) -> TimeReductionLayer | None:
         """``layers[0]`` when it is the reduction layer."""
         return self.layers[0] if self.first_transformer else None  # type: ignore[return-value]
 
@@ -146,9 +161,10 @@ class TimeReducedEncoder(TransformerEncoder):
             lengths = tr.reduce_lengths(lengths)
             padding_mask = tr.reduce_mask(padding_mask) if padding_mask is not None else None
         first_layer_input = x
+        pos_emb = relative_positions(x.shape[1], x.shape[2], x.dtype, x.device) if self.relative else None
         hidden: list[torch.Tensor] = []
         for index in range(self.first_transformer, len(self.layers)):
-            x = self.run_layer(index, x, padding_mask)
+            x = self.run_layer(index, x, padding_mask, pos_emb)
             hidden.append(x)
         return EncoderOutput(hidden, reduced, lengths, padding_mask, first_layer_input)
 
@@ -200,32 +216,41 @@ class FitHuBERT(nn.Module):
 
     Args:
         config: the architecture.
-        feature_extractor: conv stack.
+        feature_extractor: conv stack (None with the mel front-end).
         post_extract_proj: ``Linear(C, D)`` or None when ``C == D``.
         cnn_proj_head: ``GELU + Linear(D, D_t)`` for the CNN loss, or None.
         encoder: :class:`TimeReducedEncoder`.
         upsampler: top-level ConvTranspose1d (with the time-reduction layer), else None.
         proj_head: ``ModuleList`` of :class:`LayerWiseProjHead` or the split head, or None.
+        mel_transform: the mel front-end (``n_mels > 0``), else None.
+        mel_spec_head: its conv head, or None.
     """
 
     def __init__(
         self,
         config: StudentConfig,
-        feature_extractor: FeatureExtractor,
+        feature_extractor: FeatureExtractor | None,
         post_extract_proj: nn.Linear | None,
         cnn_proj_head: nn.Module | None,
         encoder: TimeReducedEncoder,
         upsampler: nn.ConvTranspose1d | None,
         proj_head: nn.Module | None,
+        mel_transform: MelSpectrogram | None = None,
+        mel_spec_head: MelSpecHead | None = None,
     ) -> None:
         super().__init__()
+        if (feature_extractor is None) == (mel_transform is None):
+            raise ValueError("Expected exactly one front-end (conv stack or mel spectrogram). "
+                             f"Found: conv={feature_extractor is not None}, mel={mel_transform is not None}")
         self.config = config
         self.feature_extractor = feature_extractor
+        self.mel_transform = mel_transform
+        self.mel_spec_head = mel_spec_head
         self.post_extract_proj = post_extract_proj
         self.cnn_proj_head = cnn_proj_head
         self.dropout_input = nn.Dropout(config.dropout_input)
         self.encoder = encoder
-        self.layer_norm = nn.LayerNorm(feature_extractor.out_dim)
+        self.layer_norm = nn.LayerNorm(self.front_dim)
         self.upsampler = upsampler
         self.proj_head = proj_head
         self.final_proj: nn.Module | None = None
@@ -240,13 +265,29 @@ class FitHuBERT(nn.Module):
         return tr.factor if tr is not None else 1
 
     @property
+    def front_specs(self) -> tuple[ConvSpec, ...]:
+        """The front-end's frame arithmetic as conv specs: the conv stack's, or one
+        ``(C, 400, 320)`` window for the mel spectrogram (same frame count and hop)."""
+        return self.config.front_specs
+
+    @property
+    def front_dim(self) -> int:
+        """Channels ``C`` of the front-end's output (conv stack, mel head, or mel bins)."""
+        if self.feature_extractor is not None:
+            return self.feature_extractor.out_dim
+        if self.mel_spec_head is not None:
+            return self.mel_spec_head.out_dim
+        assert self.mel_transform is not None
+        return self.mel_transform.n_mels
+
+    @property
     def is_inference(self) -> bool:
         """True after :meth:`disable_projection_heads`."""
         return self.proj_head is None
 
     def min_samples(self) -> int:
         """Shortest waveform the student accepts (720 samples for FitHuBERT: 2 CNN frames)."""
-        specs = self.feature_extractor.specs
+        specs = self.front_specs
         multiple = self.config.crop_seq_to_multiple
         frames = -(-self.reduce_factor // multiple) * multiple  # f frames left after cropping
         return receptive_field(specs) + (frames - 1) * total_stride(specs)
@@ -265,7 +306,7 @@ class FitHuBERT(nn.Module):
     def extract_features(
         self, wavs: torch.Tensor, lengths: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Conv stack and feature LayerNorm.
+        """Front-end (conv stack, or mel spectrogram and its head) and feature LayerNorm.
 
         Padding is part of the batch here: the first conv's GroupNorm (``extractor_mode:
         default``) normalises over all ``T'`` frames, padded ones included, exactly as the
@@ -286,6 +327,20 @@ class FitHuBERT(nn.Module):
                 f"an utterance of {shortest} samples is too short for the student: expected at "
                 f"least {self.min_samples()} samples; drop such utterances"
             )
+        features, cnn_lengths = self._front_end(wavs, lengths)
+        return self.layer_norm(features.transpose(1, 2)), cnn_lengths
+
+    def _front_end(self, wavs: torch.Tensor, lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``B x S`` -> ``B x C x T'`` features and ``B`` valid frame counts: the conv stack (with
+        ``feature_grad_mult``), or the mel spectrogram and its head (``feature_grad_mult`` does not
+        apply, as published). SpecAugment (training only) masks the conv features, or the mel
+        spectrogram before its head, as the published mel student does."""
+        if self.mel_transform is not None:
+            features = self.mel_transform(wavs)
+            frame_lengths = self._frame_lengths(wavs, lengths, features.shape[-1])
+            features = self._spec_augmented(features, frame_lengths)
+            return (self.mel_spec_head(features) if self.mel_spec_head is not None else features), frame_lengths
+        assert self.feature_extractor is not None
         mult = self.config.feature_grad_mult
         if mult > 0:
             features, _ = self.feature_extractor(wavs)
@@ -293,16 +348,22 @@ class FitHuBERT(nn.Module):
                 features = GradMultiply.apply(features, mult)
         else:
             with torch.no_grad():
-                features, _ = self.feature_extractor(wavs)
-        frames = features.shape[-1]
+                features = self.feature_extractor(wavs)[0]
+        frame_lengths = self._frame_lengths(wavs, lengths, features.shape[-1])
+        return self._spec_augmented(features, frame_lengths), frame_lengths
+
+    def _frame_lengths(self, wavs: torch.Tensor, lengths: torch.Tensor | None, frames: int) -> torch.Tensor:
+        """``B`` valid front-end frames of ``B x S`` waveforms with ``lengths`` valid samples."""
         if lengths is None:
-            cnn_lengths = torch.full((wavs.shape[0],), frames, dtype=torch.long, device=wavs.device)
-        else:
-            cnn_lengths = conv_output_lengths(lengths.to(wavs.device), self.feature_extractor.specs).clamp(max=frames)
-        features = features.transpose(1, 2)
-        if self.specaug is not None:  # masks the conv features in training mode (fhb.student.specaug)
-            features = self.specaug(features, cnn_lengths)
-        return self.layer_norm(features), cnn_lengths
+            return torch.full((wavs.shape[0],), frames, dtype=torch.long, device=wavs.device)
+        return conv_output_lengths(lengths.to(wavs.device), self.front_specs).clamp(max=frames)
+
+    def _spec_augmented(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``B x C x T'`` features, masked by the student's SpecAugment when it has one
+        (`fhb.student.specaug`; it masks in training mode only)."""
+        if self.specaug is None:
+            return features
+        return self.specaug(features.transpose(1, 2), lengths).transpose(1, 2)
 
     def forward_features(self, features: torch.Tensor, lengths: torch.Tensor) -> StudentOutput:
         """Everything after the conv stack: projection, encoder, heads.
@@ -423,11 +484,24 @@ def _init_bert_params(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+def _build_layers(cfg: StudentConfig) -> nn.ModuleList:
+    """``encoder_layers`` transformer or conformer layers (``layer_type``)."""
+    if cfg.layer_type != "conformer":
+        return build_transformer_layers(cfg)
+    return nn.ModuleList(
+        build_conformer_layer(cfg.encoder_embed_dim, cfg.encoder_ffn_embed_dim, cfg.encoder_attention_heads,
+                              cfg.dropout, cfg.depthwise_conv_kernel_size, cfg.attn_type, cfg.pos_enc_type)
+        for _ in range(cfg.encoder_layers)
+    )
+
+
 def _build_encoder(cfg: StudentConfig) -> TimeReducedEncoder:
     dim = cfg.encoder_embed_dim
-    layers = build_transformer_layers(cfg)
-    tr = TimeReduction(dim, cfg.tr_reduce_factor) if cfg.enable_tr_layer else None
-    pos_conv = conv_positional_embedding(dim, cfg.conv_pos, cfg.conv_pos_groups)
+    layers = _build_layers(cfg)
+    tr = build_time_reduction(cfg.tr_layer_type, dim, cfg.tr_reduce_factor) if cfg.enable_tr_layer else None
+    # conformer rel_pos / rope: positions come from the attention (fairseq's ConformerEncoder)
+    positional = cfg.layer_type == "conformer" and cfg.pos_enc_type != "abs"
+    pos_conv = None if positional else conv_positional_embedding(dim, cfg.conv_pos, cfg.conv_pos_groups)
     encoder = TimeReducedEncoder(
         pos_conv,
         layers,
@@ -436,9 +510,18 @@ def _build_encoder(cfg: StudentConfig) -> TimeReducedEncoder:
         dropout=cfg.dropout,
         layerdrop=cfg.encoder_layerdrop,
         dim=dim,
+        relative=positional and cfg.pos_enc_type == "rel_pos",
     )
     encoder.apply(_init_bert_params)
     return encoder
+
+
+def _build_front_end(cfg: StudentConfig) -> tuple[FeatureExtractor | None, MelSpectrogram | None, MelSpecHead | None]:
+    """The conv stack, or (``n_mels > 0``) the mel spectrogram and its optional head."""
+    if cfg.n_mels <= 0:
+        return build_feature_extractor(list(cfg.conv_feature_layers), cfg.extractor_mode, cfg.conv_bias), None, None
+    head = MelSpecHead(cfg.n_mels, cfg.mel_spec_head_conv_layers) if cfg.mel_spec_head_conv_layers else None
+    return None, MelSpectrogram(cfg.n_mels, log=cfg.enable_log_mel), head
 
 
 def build_student(
@@ -447,6 +530,7 @@ def build_student(
     *,
     cnn_loss_weight: float = 0.0,
     teacher: nn.Module | Mapping[str, torch.Tensor] | None = None,
+    delete_projections: bool = False,
 ) -> FitHuBERT:
     """Assemble a fresh :class:`FitHuBERT` (random weights, training layout).
 
@@ -459,6 +543,9 @@ def build_student(
         teacher: the teacher backbone's state dict (the lake's, ``load_lake_teacher_state``) or
             the backbone (``load_teacher(path).model``), needed only for ``init_conv_layers`` /
             ``init_encoder_layers``.
+        delete_projections: ``train.delete_projections``: return the student in the inference
+            layout (:meth:`FitHuBERT.disable_projection_heads`, after the teacher initialisation,
+            as the published code does before training).
 
     Raises:
         FhbError: ``teacher_dim`` differs from ``pred_head_final_dim``, or teacher
@@ -469,9 +556,10 @@ def build_student(
             f"distiller.pred_head_final_dim: expected the teacher's hidden size {teacher_dim}, found "
             f"{cfg.pred_head_final_dim}; set pred_head_final_dim: {teacher_dim}"
         )
-    extractor = build_feature_extractor(list(cfg.conv_feature_layers), cfg.extractor_mode, cfg.conv_bias)
+    extractor, mel, mel_head = _build_front_end(cfg)
     dim = cfg.encoder_embed_dim
-    post_extract_proj = nn.Linear(cfg.cnn_dim, dim) if cfg.cnn_dim != dim else None
+    front_dim = cfg.front_dim
+    post_extract_proj = nn.Linear(front_dim, dim) if front_dim != dim else None
     cnn_proj_head = None
     if cnn_loss_weight > 0 and cfg.pred_head_final_dim != dim:
         cnn_proj_head = nn.Sequential(nn.GELU(), nn.Linear(dim, cfg.pred_head_final_dim))
@@ -489,11 +577,13 @@ def build_student(
         proj_head = split_head(dim, inter, len(cfg.pred_layer_id), cfg.pred_head_final_dim)
     else:
         proj_head = None
-    model = FitHuBERT(cfg, extractor, post_extract_proj, cnn_proj_head, encoder, upsampler, proj_head)
+    model = FitHuBERT(cfg, extractor, post_extract_proj, cnn_proj_head, encoder, upsampler, proj_head, mel, mel_head)
     if cfg.init_conv_layers or cfg.init_encoder_layers:
         from fhb.student.teacher_init import init_from_teacher
 
         init_from_teacher(model, teacher, conv=cfg.init_conv_layers, layers=cfg.init_encoder_layers)
+    if delete_projections:
+        model.disable_projection_heads()
     return model
 
 
@@ -502,5 +592,6 @@ def build_fit_student(
 ) -> FitHuBERT:
     """:func:`build_student` for a whole yaml (takes ``cnn_loss_weight`` from ``train:``)."""
     return build_student(
-        config.distiller, teacher_dim, cnn_loss_weight=config.loss.cnn_loss_weight, teacher=teacher
+        config.distiller, teacher_dim, cnn_loss_weight=config.loss.cnn_loss_weight, teacher=teacher,
+        delete_projections=config.loss.delete_projections,
     )

@@ -29,7 +29,8 @@ class LossValues:
     """One micro-batch's losses.
 
     ``total``: the weighted loss (differentiable scalar); ``per_layer``: teacher layer ``K`` -> its
-    unweighted loss, ascending; ``last``: the teacher's last layer's (the published validation loss).
+    unweighted loss, ascending; ``last``: the teacher's last layer's (the published validation loss;
+    the total when no layer loss is computed, e.g. a CNN-only loss with ``delete_projections``).
     """
 
     total: torch.Tensor
@@ -64,14 +65,16 @@ def online_targets(teacher: Teacher, wavs: torch.Tensor, wav_lengths: torch.Tens
     return pad_targets(teacher.extract(prepared, layers=layers))
 
 
-def compute_loss(loss_fn: DistillLoss, output: StudentOutput, targets: torch.Tensor, layers: Sequence[int],
+def compute_loss(loss_fn: DistillLoss, output: StudentOutput, targets: torch.Tensor | None, layers: Sequence[int],
                  target_lengths: torch.Tensor, cnn: torch.Tensor | None) -> LossValues:
-    """Student output + ``B x L x T x D`` targets of teacher ``layers`` -> `LossValues`."""
-    by_layer = {k: targets[:, i] for i, k in enumerate(layers)}
+    """Student output + ``B x L x T x D`` targets of teacher ``layers`` -> `LossValues` (``targets``
+    None only without layers: a CNN-only loss)."""
+    by_layer = {k: targets[:, i] for i, k in enumerate(layers)} if targets is not None else {}
     res = loss_fn(output, by_layer, target_lengths, cnn)
     per = {k: float(v.detach()) for k, v in sorted(res.per_layer.items())}
     n = loss_fn.num_teacher_layers
-    return LossValues(total=res.total, per_layer=per, last=per.get(n, float("nan")))
+    last = per.get(n, float("nan")) if per else float(res.total.detach())
+    return LossValues(total=res.total, per_layer=per, last=last)
 
 
 def forward_loss(model: torch.nn.Module, loss_fn: DistillLoss, batch: Batch, layers: Sequence[int], *,
@@ -87,6 +90,8 @@ def forward_loss(model: torch.nn.Module, loss_fn: DistillLoss, batch: Batch, lay
     if teacher is not None:
         t, n = online_targets(teacher, batch.wavs, batch.wav_lengths, list(layers))
         targets, target_lengths = t.to(device), n.to(device)
+    elif not layers:  # a loss on CNN features only (delete_projections): no teacher layers
+        targets, target_lengths = None, batch.target_lengths.to(device)
     else:
         assert batch.targets is not None, "an audio-only batch needs an online teacher"
         targets, target_lengths = batch.float_targets(device), batch.target_lengths.to(device)

@@ -183,7 +183,8 @@ def build_model_and_loss(fit: FitConfig, seed: int, num_teacher_layers: int,
     random layers at the start and after every epoch; it is checkpointed with the other RNG states.
     """
     torch.manual_seed(seed)
-    model = build_student(fit.distiller, cnn_loss_weight=float(fit.loss.cnn_loss_weight), teacher=teacher_state)
+    model = build_student(fit.distiller, cnn_loss_weight=float(fit.loss.cnn_loss_weight), teacher=teacher_state,
+                          delete_projections=fit.loss.delete_projections)
     model.specaug = spec_augment(fit)
     gen = torch.Generator().manual_seed(seed)
     loss = DistillLoss(fit.loss, num_teacher_layers, student=fit.distiller, generator=gen)

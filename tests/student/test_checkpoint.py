@@ -146,9 +146,9 @@ def test_yaml_overrides_and_mismatch_is_named(tmp_path: Path, tiny_model: FitHuB
 
 def test_unsupported_stored_config_fails(tmp_path: Path, tiny_model: FitHuBERT, tiny_config: FitConfig) -> None:
     cfg = tiny_config.to_dict()
-    cfg["distiller"]["layer_type"] = "conformer"
+    cfg["distiller"]["pos_conv_depth"] = 5
     path = _lightning_ckpt(tmp_path / "last.ckpt", tiny_model, tiny_config, hyper_parameters={"cfg": cfg})
-    with pytest.raises(FhbError, match="layer_type"):
+    with pytest.raises(FhbError, match="pos_conv_depth"):
         load_student(path)
 
 

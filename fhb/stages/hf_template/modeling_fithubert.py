@@ -84,7 +84,7 @@ class FitHuBERTModel(FitHuBERTPreTrainedModel):
 
     def hidden_state_lengths(self, input_lengths: torch.Tensor) -> torch.Tensor:
         """``B`` valid samples -> ``B`` valid frames of ``hidden_states`` (conv frames // f)."""
-        frames = conv_output_lengths(input_lengths, self.student.feature_extractor.specs)
+        frames = conv_output_lengths(input_lengths, self.student.front_specs)
         return torch.div(frames, self.student.reduce_factor, rounding_mode="floor")
 
     def forward(

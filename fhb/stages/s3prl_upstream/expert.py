@@ -145,7 +145,7 @@ class UpstreamExpert(nn.Module):
         model.eval()
         self.model: FitHuBERT = model
         self.config = config
-        stride = total_stride(model.feature_extractor.specs)
+        stride = total_stride(model.front_specs)
         self._rates = {"hidden_states": stride * model.reduce_factor, "last_hidden_state": stride}
 
     def get_downsample_rates(self, key: str) -> int:
