@@ -33,6 +33,7 @@ from fhb.pipeline.checkpoint_io import (
 from fhb.pipeline.ctc_layout import CTC_MODELS, HEAD_KEYS, unwrap_ctc
 from fhb.pipeline.fairseq_layout import ARCHS, save_random_checkpoint
 from fhb.pipeline.precision import autocast_context
+from fhb.storage.ctc_labels import LETTERS
 
 __all__ = ["ARCHS", "Teacher", "TeacherSpec", "build_teacher", "load_teacher", "read_teacher_spec", "save_random_checkpoint"]
 
@@ -90,6 +91,11 @@ class TeacherIdentity:
     def is_ctc(self) -> bool:
         """A fine-tuned CTC teacher (its model has the output layer ``proj``)."""
         return self.model_name in CTC_MODELS
+
+    @property
+    def ctc_vocab(self) -> tuple[str, ...] | None:
+        """A CTC teacher's output symbols (the published ``dict.ltr.txt`` letters, checked at load); None otherwise."""
+        return LETTERS if self.is_ctc else None
 
 
 @dataclass
@@ -213,10 +219,13 @@ class Teacher(TeacherIdentity):
         if not self.is_ctc:
             raise FhbError(f"teacher {self.path}: expected a fine-tuned CTC teacher (hubert_ctc / wav2vec_ctc), "
                            f"found a pre-trained '{self.model_name}' one; pass the fine-tuned checkpoint")
-        last = self.extract(wavs, layers=[self.num_layers])
+        return [self.logits_of_last(h[0]) for h in self.extract(wavs, layers=[self.num_layers])]
+
+    def logits_of_last(self, last: torch.Tensor) -> torch.Tensor:
+        """A CTC teacher's ``T x V`` logits from its last layer's ``T x D`` output (as `extract` returns it)."""
         proj: torch.nn.Linear = self.model.proj  # type: ignore[assignment]
         with torch.inference_mode(), self._autocast():
-            return [proj(self.model.encoder.final_norm(h[0].to(self.device))).float().cpu() for h in last]
+            return proj(self.model.encoder.final_norm(last.to(self.device))).float().cpu()
 
     def _front_end(self, wav: torch.Tensor) -> torch.Tensor:
         """One ``S`` waveform -> ``T x D`` encoder input (conv, LayerNorm, projection)."""
@@ -312,10 +321,11 @@ def _meta_model(path: Path, model_name: str, arch: BackboneConfig, state: dict[s
     model = _meta_backbone(path, arch, state)
     if model_name in CTC_MODELS:
         weight = state.get(HEAD_KEYS[0])
-        if weight is None or weight.ndim != 2 or weight.shape[1] != arch.encoder_embed_dim:
+        if weight is None or tuple(weight.shape) != (len(LETTERS), arch.encoder_embed_dim):
             raise CheckpointError(
-                f"{path}: a CTC teacher expected its output layer proj.weight [V x {arch.encoder_embed_dim}], found "
-                f"{None if weight is None else list(weight.shape)}; use the file fairseq's fine-tuning wrote")
+                f"{path}: a CTC teacher expected its output layer proj.weight [{len(LETTERS)} x {arch.encoder_embed_dim}] "
+                f"(the published dict.ltr.txt letters), found {None if weight is None else list(weight.shape)}; "
+                f"use a teacher fine-tuned on LibriSpeech letters")
         with torch.device("meta"), _MetaBuild():
             model.proj = torch.nn.Linear(arch.encoder_embed_dim, int(weight.shape[0]))
     return model
