@@ -96,3 +96,33 @@ def test_missing_head_is_refused(ctc_path: Path, tmp_path: Path) -> None:
     torch.save(ckpt, bad)
     with pytest.raises(CheckpointError, match="output layer"):
         load_teacher(bad)
+
+
+def test_legacy_args_checkpoint(tmp_path: Path, fixture_wavs: dict) -> None:
+    """Old fine-tuned files (``wav2vec_small_960h.pt``) keep ``args`` Namespaces, ``w2v_args`` nested."""
+    import argparse
+
+    path = save_random_ctc_checkpoint(tmp_path / "new.pt", "tiny-wav2vec2-ctc", seed=4)
+    ckpt = torch.load(path, weights_only=False)
+    model_cfg, task_cfg = ckpt["cfg"]["model"], ckpt["cfg"]["task"]
+    inner = model_cfg["w2v_args"]
+    w2v_args = argparse.Namespace(arch=inner["model"]["_name"], task=inner["task"]["_name"],
+                                  **{k: v for k, v in {**inner["task"], **inner["model"]}.items() if k != "_name"})
+    ckpt["args"] = argparse.Namespace(arch="wav2vec_ctc", task=task_cfg["_name"], w2v_args=w2v_args,
+                                      **{k: v for k, v in {**task_cfg, **model_cfg}.items()
+                                         if k not in ("_name", "w2v_args")})
+    ckpt["cfg"] = None
+    legacy = tmp_path / "legacy.pt"
+    torch.save(ckpt, legacy)
+    old, new = load_teacher(legacy), load_teacher(path)
+    assert old.model_name == "wav2vec_ctc" and old.arch == new.arch and old.normalize == new.normalize
+    wav = new.prepare(next(iter(fixture_wavs.values())))
+    assert torch.equal(old.ctc_logits([wav])[0], new.ctc_logits([wav])[0])
+
+
+def test_random_teacher_cli_presets(tmp_path: Path) -> None:
+    from fhb.stages.teacher_info import describe_teacher, write_random_teacher
+
+    path = write_random_teacher(tmp_path / "t.pt", "tiny-wav2vec2-ctc", seed=0)
+    assert load_teacher(path).is_ctc
+    describe_teacher(path, None, "dev-clean", 1)
