@@ -62,3 +62,13 @@ def test_collapse_is_the_published_converter() -> None:
     # CTCSequenceConverter: itertools.groupby over the argmax, then drop id 0
     assert collapse([0, 7, 7, 0, 7, 4, 4, 0, 0, 5]) == [7, 7, 4, 5]
     assert collapse([]) == []
+
+
+def test_transcode_keeps_labels(ctc_lake: Path, tmp_path: Path) -> None:
+    from fhb.stages.transcode import run_transcode
+
+    run_transcode(ctc_lake, tmp_path / "int8", "int8")
+    a, b = open_lake(ctc_lake), open_lake(tmp_path / "int8")
+    assert b.meta.teacher.ctc_vocab == LETTERS
+    for utt in a["dev-clean"].utterance_ids:
+        assert b["dev-clean"].ctc_labels(utt) == a["dev-clean"].ctc_labels(utt)
