@@ -76,7 +76,7 @@ def _root(
 @app.command("random-teacher")
 def random_teacher(
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (.pt).")],
-    arch: Annotated[str, typer.Option(help="hubert-base, hubert-large, wav2vec2-base, wav2vec2-large, tiny, tiny-wav2vec2.")] = "tiny",
+    arch: Annotated[str, typer.Option(help="hubert-base, hubert-large, wav2vec2-base, wav2vec2-large, tiny, tiny-wav2vec2; fine-tuned CTC: the same names + '-ctc' (tiny-ctc, hubert-base-ctc, ...).")] = "tiny",
     seed: Annotated[int, typer.Option(help="Weight initialisation seed.")] = 0,
 ) -> None:
     """Write a random-weight teacher in fairseq's checkpoint layout (for trying fhb without weights)."""

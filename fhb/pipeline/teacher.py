@@ -30,15 +30,18 @@ from fhb.pipeline.checkpoint_io import (
     load_checkpoint,
     sha256_file,
 )
+from fhb.pipeline.ctc_layout import CTC_MODELS, HEAD_KEYS, unwrap_ctc
 from fhb.pipeline.fairseq_layout import ARCHS, save_random_checkpoint
 from fhb.pipeline.precision import autocast_context
+from fhb.storage.ctc_labels import LETTERS
 
 __all__ = ["ARCHS", "Teacher", "TeacherSpec", "build_teacher", "load_teacher", "read_teacher_spec", "save_random_checkpoint"]
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_MODELS = ("hubert", "wav2vec2")
-"""fairseq model names (``cfg.model._name``) fhb can rebuild."""
+SUPPORTED_MODELS = ("hubert", "wav2vec2", *CTC_MODELS)
+"""fairseq model names (``cfg.model._name``) fhb can rebuild: pre-trained, and fine-tuned with CTC
+(``hubert_ctc``/``wav2vec_ctc``: the backbone plus its output layer, see `fhb.pipeline.ctc_layout`)."""
 
 PRETRAINING_ONLY = ("final_proj.", "label_embs_concat", "mask_emb", "quantizer.", "project_q.", "target_glu.")
 """State-dict keys (prefixes) used only by the pre-training objective; dropped on load."""
@@ -60,7 +63,9 @@ class TeacherIdentity:
         sha256: hex digest of the checkpoint file.
         config: the checkpoint's model config (fairseq field names, plain dict).
         arch: ``BackboneConfig`` built from it.
-        model_name: ``"hubert"`` or ``"wav2vec2"``.
+        model_name: ``"hubert"``, ``"wav2vec2"``, or a fine-tuned ``"hubert_ctc"`` / ``"wav2vec_ctc"``
+            (``config`` is then the wrapped pre-trained model's, and the model has the CTC output
+            layer ``proj``).
         normalize: whether fairseq's task normalised each waveform (zero mean, unit variance)
             before the model.
     """
@@ -81,6 +86,16 @@ class TeacherIdentity:
     def dim(self) -> int:
         """Model dimension ``D`` (768 for Base)."""
         return self.arch.encoder_embed_dim
+
+    @property
+    def is_ctc(self) -> bool:
+        """A fine-tuned CTC teacher (its model has the output layer ``proj``)."""
+        return self.model_name in CTC_MODELS
+
+    @property
+    def ctc_vocab(self) -> tuple[str, ...] | None:
+        """A CTC teacher's output symbols (the published ``dict.ltr.txt`` letters, checked at load); None otherwise."""
+        return LETTERS if self.is_ctc else None
 
 
 @dataclass
@@ -195,6 +210,23 @@ class Teacher(TeacherIdentity):
             return result, [c for c in cnn if c is not None]
         return result
 
+    def ctc_logits(self, wavs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The fine-tuned teacher's CTC output per utterance: ``T_i x V`` float32 CPU logits.
+
+        As fairseq's ``Wav2VecEncoder`` in eval mode: the output layer ``proj`` on the encoder's
+        output (the last layer, after the final LayerNorm of pre-LN models).
+        """
+        if not self.is_ctc:
+            raise FhbError(f"teacher {self.path}: expected a fine-tuned CTC teacher (hubert_ctc / wav2vec_ctc), "
+                           f"found a pre-trained '{self.model_name}' one; pass the fine-tuned checkpoint")
+        return [self.logits_of_last(h[0]) for h in self.extract(wavs, layers=[self.num_layers])]
+
+    def logits_of_last(self, last: torch.Tensor) -> torch.Tensor:
+        """A CTC teacher's ``T x V`` logits from its last layer's ``T x D`` output (as `extract` returns it)."""
+        proj: torch.nn.Linear = self.model.proj  # type: ignore[assignment]
+        with torch.inference_mode(), self._autocast():
+            return proj(self.model.encoder.final_norm(last.to(self.device))).float().cpu()
+
     def _front_end(self, wav: torch.Tensor) -> torch.Tensor:
         """One ``S`` waveform -> ``T x D`` encoder input (conv, LayerNorm, projection)."""
         features, _ = self.model.feature_extractor(wav.to(self.device, torch.float32).unsqueeze(0))
@@ -206,12 +238,24 @@ def _model_name(cfg: dict[str, Any], path: Path) -> str:
     if name not in SUPPORTED_MODELS:
         hint = ""
         if name.endswith("_ctc") or name.endswith("_seq2seq"):
-            hint = " (a fine-tuned model: use the pre-trained checkpoint it was fine-tuned from)"
+            hint = " (a fine-tuned model fhb cannot rebuild: use the pre-trained checkpoint it was fine-tuned from)"
         raise CheckpointError(
             f"{path} holds a fairseq '{name or 'unknown'}' model{hint}; fhb's teacher reads "
-            f"pre-trained {' and '.join(SUPPORTED_MODELS)} checkpoints (HuBERT Base/Large, wav2vec 2.0 Base/Large)"
+            f"{', '.join(SUPPORTED_MODELS)} checkpoints (HuBERT / wav2vec 2.0 Base/Large, pre-trained or CTC fine-tuned)"
         )
     return name
+
+
+def _unpack(path: Path, ckpt: dict[str, Any], cfg: dict[str, Any]
+            ) -> tuple[str, dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
+    """(model name, backbone model config, task config, state without pre-training-only keys);
+    a fine-tuned CTC checkpoint is unwrapped (`unwrap_ctc`)."""
+    name = _model_name(cfg, path)
+    if name in CTC_MODELS:
+        model, task, state = unwrap_ctc(path, cfg, ckpt["model"])
+    else:
+        model, task, state = cfg, checkpoint_task_config(ckpt), ckpt["model"]
+    return name, model, task, _drop_pretraining_keys(state)
 
 
 def _layer_count(state: dict[str, torch.Tensor], prefix: str) -> int:
@@ -272,6 +316,21 @@ def _meta_backbone(path: Path, arch: BackboneConfig, state: dict[str, torch.Tens
                               "use the original file") from None
 
 
+def _meta_model(path: Path, model_name: str, arch: BackboneConfig, state: dict[str, torch.Tensor]) -> Backbone:
+    """`_meta_backbone`, plus the CTC output layer ``proj`` (``V x D``, from the weights) of a fine-tuned teacher."""
+    model = _meta_backbone(path, arch, state)
+    if model_name in CTC_MODELS:
+        weight = state.get(HEAD_KEYS[0])
+        if weight is None or tuple(weight.shape) != (len(LETTERS), arch.encoder_embed_dim):
+            raise CheckpointError(
+                f"{path}: a CTC teacher expected its output layer proj.weight [{len(LETTERS)} x {arch.encoder_embed_dim}] "
+                f"(the published dict.ltr.txt letters), found {None if weight is None else list(weight.shape)}; "
+                f"use a teacher fine-tuned on LibriSpeech letters")
+        with torch.device("meta"), _MetaBuild():
+            model.proj = torch.nn.Linear(arch.encoder_embed_dim, int(weight.shape[0]))
+    return model
+
+
 @dataclass
 class TeacherSpec(TeacherIdentity):
     """What a checkpoint declares (its `TeacherIdentity`), read without building the model (see
@@ -294,9 +353,14 @@ def _spec_from_checkpoint(path: Path, ckpt: dict[str, Any], sha256: str | None) 
         raise CheckpointError(f"{path}: {exc}") from None
     name = _model_name(cfg, path)
     try:
+        cfg, task = _unpack(path, ckpt, cfg)[1:3]
+    except CheckpointError as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise CheckpointError(f"{path}: {exc}") from None
+    try:
         arch = BackboneConfig.from_fairseq(cfg)
-        task = checkpoint_task_config(ckpt)
-    except (ValueError, TypeError, CheckpointError) as exc:
+    except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     if not isinstance(task.get("normalize", False), bool):
         raise CheckpointError(f"{path}: task option normalize should be true or false, found "
@@ -323,8 +387,8 @@ def read_teacher_spec(path: str | Path) -> TeacherSpec:
     path = Path(path)
     ckpt = load_checkpoint(path, map_location="meta")
     spec = _spec_from_checkpoint(path, ckpt, None)
-    state = _drop_pretraining_keys(ckpt["model"])
-    _check_state(path, spec.model_name, _meta_backbone(path, spec.arch, state), state)
+    state = _unpack(path, ckpt, checkpoint_config(ckpt))[3]
+    _check_state(path, spec.model_name, _meta_model(path, spec.model_name, spec.arch, state), state)
     return spec
 
 
@@ -397,7 +461,7 @@ def build_teacher(
     # Built on the meta device: no random initialisation of ~95M parameters that the checkpoint
     # overwrites anyway (half of the load time); the checkpoint's tensors are then assigned.
     state = dict(state)
-    model = _meta_backbone(path, arch, state)
+    model = _meta_model(path, model_name, arch, state)
     _check_state(path, model_name, model, state)
     expected = model.state_dict()
     state = {k: v.to(expected[k].dtype).contiguous() for k, v in state.items()}
@@ -444,7 +508,7 @@ def load_teacher(
     ckpt = load_checkpoint(path)
     spec = _spec_from_checkpoint(path, ckpt, sha256)
     teacher = build_teacher(
-        _drop_pretraining_keys(ckpt["model"]), path=path, sha256=spec.sha256, config=spec.config,
+        _unpack(path, ckpt, checkpoint_config(ckpt))[3], path=path, sha256=spec.sha256, config=spec.config,
         model_name=spec.model_name, normalize=spec.normalize, device=device, precision=precision,
         max_batch_samples=max_batch_samples,
     )

@@ -57,6 +57,7 @@ from fhb.student.checkpoint import save_student
 from fhb.student.config import FitConfig, load_fithubert_yaml
 from fhb.student.loss import required_teacher_layers
 from fhb.training import run_state
+from fhb.training.ctc_objective import build_ctc_objective, use_gt_for_ctc
 from fhb.training.checks import (
     check_complete_splits,
     check_lake,
@@ -491,12 +492,14 @@ def _build_trainer(s: DistillSettings, fit: FitConfig, dist: DistInfo, device: t
                   if s.dev_split is not None else None)
     init_from = init_weights(fit.distiller, s.cache, lake.meta, teacher)
     model, loss_fn, layer_gen = build_model_and_loss(fit, s.seed, n_teacher, init_from)
+    ctc = build_ctc_objective(lake, [*s.splits, *([s.dev_split] if s.dev_split else [])], model,
+                              use_gt_for_ctc(fit.train, str(s.config)), s.max_seconds)
     return Trainer(
         model, loss_fn, layer_gen, loader, needed, OptimConfig.from_yaml(fit.optimizer, weight_decay=s.weight_decay,
                                                                           lr=s.lr, impl=s.optimizer_impl),
         device=device, precision=s.precision, accumulate=s.accumulate, steps=s.steps, epochs=s.epochs, dist=dist,
         clip_grad_norm=s.clip_grad_norm, teacher=teacher, use_cnn=use_cnn, dev_loader=dev_loader,
-        dev_split=s.dev_split,
+        dev_split=s.dev_split, ctc=ctc,
         checkpoint_extra={"config": fit.to_dict(), "settings": dataclasses.asdict(s),
                           "lake_teacher": lake_teacher_record(lake)},
     )

@@ -37,6 +37,7 @@ from fhb.errors import FhbError
 from fhb.files import PARTIAL, beside, build_beside, check_out_apart
 from fhb.pipeline.audio import AudioError, load_audio_int16
 from fhb.pipeline.corpus import Manifest, scan_librispeech
+from fhb.pipeline.ctc_targets import greedy_labels
 from fhb.pipeline.lake_teacher import store_teacher
 from fhb.pipeline.precision import check_device, check_precision, check_precision_name
 from fhb.pipeline.teacher import Teacher, TeacherSpec, load_teacher, read_teacher_spec
@@ -177,6 +178,7 @@ def extract_shard(job: ShardJob, meta: LakeMeta, opts: ExtractOptions) -> ShardR
     teacher_seconds = 0.0
     targets: dict[int, np.ndarray] = {}
     cnn: dict[int, np.ndarray] = {}
+    labels: dict[int, list[int] | None] = {}
     next_to_write = 0
     # On CPU the teacher keeps every core busy (torch_threads = the worker's share of the cores),
     # so a background encoder thread would only preempt its OpenMP threads (and a preempted
@@ -198,6 +200,7 @@ def extract_shard(job: ShardJob, meta: LakeMeta, opts: ExtractOptions) -> ShardR
             else:
                 outs, feats = teacher.extract(wavs, layers=opts.layers), [None] * len(ids)
             teacher_seconds += time.perf_counter() - t0
+            labels.update(zip(ids, greedy_labels(teacher, wavs, outs, opts.layers)))
             for i, out, feat in zip(ids, outs, feats):
                 targets[i] = out.numpy()
                 if feat is not None:
@@ -207,7 +210,7 @@ def extract_shard(job: ShardJob, meta: LakeMeta, opts: ExtractOptions) -> ShardR
                 i = usable[next_to_write]
                 utt = job.utterances[i]
                 writer.add(utt.utt_id, utt.speaker, utt.chapter, utt.transcript, audio.pop(i),
-                           targets.pop(i), cnn.pop(i, None))
+                           targets.pop(i), cnn.pop(i, None), ctc_labels=labels.pop(i))
                 next_to_write += 1
         writer.commit()
     return ShardResult(job.split, job.name, len(usable), expected_samples, expected_frames,
@@ -220,7 +223,8 @@ def extract_shard(job: ShardJob, meta: LakeMeta, opts: ExtractOptions) -> ShardR
 
 def _teacher_meta(teacher: Teacher | TeacherSpec) -> TeacherMeta:
     return TeacherMeta(name=teacher.path.name, sha256=teacher.sha256, config=json_config(teacher.config),
-                       num_layers=teacher.num_layers, dim=teacher.dim, path=str(teacher.path.resolve()))
+                       num_layers=teacher.num_layers, dim=teacher.dim, path=str(teacher.path.resolve()),
+                       ctc_vocab=teacher.ctc_vocab)
 
 
 def _check_run_options(workers: int | None, threads: int | None, device: str, precision: str,

@@ -27,6 +27,8 @@ class RunReport:
 
     ``first_loss`` / ``last_loss``: training loss of the first and last logged step;
     ``best_dev_loss``: lowest dev validation loss and its step (None without evaluations).
+    ``dev_wer`` / ``dev_cer``: the last evaluation's greedy-decoding error rates of a CTC run
+    (task-specific distillation; None otherwise).
     """
 
     run_dir: Path
@@ -39,6 +41,8 @@ class RunReport:
     mean_steps_per_s: float | None
     mean_loader_wait_share: float | None
     last_layer_losses: dict[str, float] = field(default_factory=dict)
+    dev_wer: float | None = None
+    dev_cer: float | None = None
 
 
 def _mean(xs: list[float]) -> float | None:
@@ -104,6 +108,8 @@ def report_run(run_dir: Path, show: bool = True) -> RunReport:
         mean_steps_per_s=_mean([r["steps_per_s"] for r in train if "steps_per_s" in r]),
         mean_loader_wait_share=_mean([r["loader_wait_share"] for r in train if "loader_wait_share" in r]),
         last_layer_losses=dict(source[-1].get("layer_losses", {})) if source else {},
+        dev_wer=next((r["wer"] for r in reversed(evals) if r.get("wer") is not None), None),
+        dev_cer=next((r["cer"] for r in reversed(evals) if r.get("cer") is not None), None),
     )
     if show:
         _print(report)
@@ -125,6 +131,8 @@ def _print(r: RunReport) -> None:
     t.add_row("steps", str(r.steps))
     t.add_row("train loss, first → last", f"{_fmt(r.first_loss)} → {_fmt(r.last_loss)}")
     t.add_row("best dev loss (step)", f"{_fmt(r.best_dev_loss)} ({r.best_dev_step if r.best_dev_step is not None else '-'})")
+    if r.dev_wer is not None or r.dev_cer is not None:
+        t.add_row("dev WER / CER (last eval, greedy CTC)", f"{_fmt(r.dev_wer, '.2%')} / {_fmt(r.dev_cer, '.2%')}")
     t.add_row("steps/s (mean)", _fmt(r.mean_steps_per_s, ".3g"))
     t.add_row("loader-wait share (mean)", _fmt(r.mean_loader_wait_share, ".1%"))
     for name, v in r.last_layer_losses.items():

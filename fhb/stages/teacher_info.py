@@ -14,6 +14,7 @@ from fhb.errors import FhbError
 from fhb.pipeline.audio import load_audio
 from fhb.pipeline.corpus import scan_librispeech
 from fhb.pipeline.logging_setup import console
+from fhb.pipeline.ctc_layout import CTC_ARCHS, save_random_ctc_checkpoint
 from fhb.pipeline.teacher import ARCHS, load_teacher, save_random_checkpoint
 
 log = logging.getLogger(__name__)
@@ -21,9 +22,9 @@ log = logging.getLogger(__name__)
 
 def write_random_teacher(out: Path, arch: str, seed: int) -> Path:
     """Write a random-weight teacher of preset ``arch`` to ``out`` (fairseq layout)."""
-    if arch not in ARCHS:
-        raise FhbError(f"--arch {arch!r} is not a teacher preset; choose one of {', '.join(sorted(ARCHS))}")
-    path = save_random_checkpoint(out, arch, seed)
+    if arch not in ARCHS and arch not in CTC_ARCHS:
+        raise FhbError(f"--arch {arch!r} is not a teacher preset; choose one of {', '.join(sorted([*ARCHS, *CTC_ARCHS]))}")
+    path = save_random_ctc_checkpoint(out, arch, seed) if arch in CTC_ARCHS else save_random_checkpoint(out, arch, seed)
     log.info("wrote random %s teacher to %s (%.1f MB)", arch, path, path.stat().st_size / 1e6)
     return path
 

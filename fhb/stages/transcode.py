@@ -127,7 +127,8 @@ def run_transcode(source: Path, out: Path, codec: str, *, codec_error: float = D
                         s0, ns = int(idx.sample_offsets[row]), int(idx.num_samples[row])
                         cnn = sv.read_cnn(f0, f0 + n) if src.meta.cnn_features else None
                         w.add(utt, idx.speakers[row], idx.chapters[row], idx.transcripts[row],
-                              sv.read_audio(s0, s0 + ns), sv.read_frames(f0, f0 + n), cnn)
+                              sv.read_audio(s0, s0 + ns), sv.read_frames(f0, f0 + n), cnn,
+                              ctc_labels=idx.ctc_labels[row] if idx.ctc_labels is not None else None)
                         summary.utterances += 1
                     w.commit()
                 summary.shards_done += 1

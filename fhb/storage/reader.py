@@ -474,6 +474,16 @@ class SplitView:
         e = self.entry(utt_id)
         return self._shards[e.shard].index.transcripts[e.row]
 
+    def ctc_labels(self, utt_id: str) -> tuple[int, ...] | None:
+        """The CTC teacher's greedy labels of ``utt_id`` (ids of ``meta.teacher.ctc_vocab``); None in a
+        lake whose teacher is not a CTC model."""
+        e = self.entry(utt_id)
+        labels = self._shards[e.shard].index.ctc_labels
+        if labels is None and self.meta.teacher.ctc_vocab is not None:
+            raise FhbError(f"split {self.name!r}, shard {e.shard!r}: expected the column ctc_labels (the lake's "
+                           f"teacher is a CTC model), found none; re-extract the shard")
+        return None if labels is None else labels[e.row]
+
     def speaker(self, utt_id: str) -> str:
         """Speaker id of ``utt_id`` (string)."""
         e = self.entry(utt_id)

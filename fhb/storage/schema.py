@@ -75,6 +75,9 @@ INDEX_COLUMNS = (
     "sample_offset",
     "frame_offset",
 )
+CTC_LABELS_COLUMN = "ctc_labels"
+"""Optional index column of a lake whose teacher is a fine-tuned CTC model (``teacher.ctc_vocab``):
+per utterance, the teacher's greedy CTC labels (`fhb.storage.ctc_labels.collapse`)."""
 CHECKSUM_ALGORITHM = "crc32"
 CHECKSUM_UNIT = "chunk"
 
@@ -127,7 +130,9 @@ class TeacherMeta:
     """The teacher that produced the targets.
 
     ``config`` is the architecture config as a plain JSON-able dict (e.g. fairseq's ``cfg.model``);
-    ``num_layers`` transformer layers of width ``dim``.
+    ``num_layers`` transformer layers of width ``dim``. ``ctc_vocab``: a fine-tuned CTC teacher's
+    output symbols (id -> symbol; the shards' index then has the `CTC_LABELS_COLUMN`); None for a
+    pre-trained teacher (and in lakes written before fhb read CTC teachers).
     """
 
     name: str
@@ -136,10 +141,11 @@ class TeacherMeta:
     num_layers: int
     dim: int
     path: str | None = None
+    ctc_vocab: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict (the ``teacher`` root attribute)."""
-        return {
+        """JSON-able dict (the ``teacher`` root attribute; ``ctc_vocab`` only when set)."""
+        d = {
             "name": self.name,
             "sha256": self.sha256,
             "config": dict(self.config),
@@ -147,6 +153,9 @@ class TeacherMeta:
             "dim": self.dim,
             "path": self.path,
         }
+        if self.ctc_vocab is not None:
+            d["ctc_vocab"] = list(self.ctc_vocab)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "teacher") -> TeacherMeta:
@@ -159,6 +168,8 @@ class TeacherMeta:
             num_layers=_typed(d, "num_layers", int, where),
             dim=_typed(d, "dim", int, where),
             path=d.get("path"),
+            ctc_vocab=tuple(str(s) for s in _typed(d, "ctc_vocab", list, where)) if d.get("ctc_vocab") is not None
+            else None,
         )
 
     def __post_init__(self) -> None:
@@ -675,6 +686,8 @@ class ShardIndex:
     num_frames: np.ndarray
     sample_offsets: np.ndarray
     frame_offsets: np.ndarray
+    ctc_labels: tuple[tuple[int, ...], ...] | None = None
+    """The teacher's greedy CTC labels per utterance (`CTC_LABELS_COLUMN`); None without a CTC teacher."""
 
     def __len__(self) -> int:
         return len(self.utt_ids)
@@ -690,8 +703,8 @@ class ShardIndex:
         return int(self.num_samples.sum())
 
     def to_dict(self) -> dict[str, list[Any]]:
-        """Column dict (JSON-able)."""
-        return {
+        """Column dict (JSON-able; ``ctc_labels`` only when set)."""
+        d: dict[str, list[Any]] = {
             "utt_id": list(self.utt_ids),
             "speaker": list(self.speakers),
             "chapter": list(self.chapters),
@@ -701,6 +714,9 @@ class ShardIndex:
             "sample_offset": self.sample_offsets.tolist(),
             "frame_offset": self.frame_offsets.tolist(),
         }
+        if self.ctc_labels is not None:
+            d[CTC_LABELS_COLUMN] = [list(u) for u in self.ctc_labels]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str) -> ShardIndex:
@@ -711,7 +727,7 @@ class ShardIndex:
                 f"{where}: index expected columns {list(INDEX_COLUMNS)}, missing {missing}; the "
                 f"shard is damaged: re-extract it"
             )
-        lengths = {c: len(d[c]) for c in INDEX_COLUMNS}
+        lengths = {c: len(d[c]) for c in (*INDEX_COLUMNS, CTC_LABELS_COLUMN) if d.get(c) is not None}
         if len(set(lengths.values())) != 1:
             raise FhbError(
                 f"{where}: index columns expected equal lengths, found {lengths}; the shard is "
@@ -730,6 +746,8 @@ class ShardIndex:
             num_frames=ints("num_frames"),
             sample_offsets=ints("sample_offset"),
             frame_offsets=ints("frame_offset"),
+            ctc_labels=tuple(tuple(int(k) for k in u) for u in d[CTC_LABELS_COLUMN])
+            if d.get(CTC_LABELS_COLUMN) is not None else None,
         )
 
     def consistency_problems(self) -> list[str]:

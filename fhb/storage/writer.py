@@ -42,6 +42,7 @@ from fhb.storage.schema import (
     COMMITTED_ATTR,
     FORMAT_NAME,
     INDEX_COLUMNS,
+    CTC_LABELS_COLUMN,
     LOCK_FILE,
     TEACHER_DIR,
     TMP_PREFIX,
@@ -282,9 +283,12 @@ class IndexBuilder:
         transcript: str,
         num_samples: int,
         num_frames: int,
+        ctc_labels: Sequence[int] | None = None,
     ) -> None:
-        """Add one utterance after the previous ones."""
+        """Add one utterance after the previous ones (``ctc_labels``: every utterance or none)."""
         r = self.rows
+        if ctc_labels is not None:
+            r.setdefault(CTC_LABELS_COLUMN, []).append([int(k) for k in ctc_labels])
         r["utt_id"].append(utt_id)
         r["speaker"].append(str(speaker))
         r["chapter"].append(str(chapter))
@@ -455,13 +459,15 @@ class ShardWriter:
         audio_int16: np.ndarray,
         targets: np.ndarray,
         cnn: np.ndarray | None = None,
+        ctc_labels: Sequence[int] | None = None,
     ) -> None:
         """Append one utterance.
 
         ``audio_int16``: ``S`` int16 samples. ``targets``: ``L x T x D`` float (L = stored layers
         in order, D = teacher dim). ``cnn``: ``T x Dc`` when the lake stores CNN features.
         ``T`` is stored as the utterance's frame count (the caller computes it from ``S`` with
-        the teacher's conv arithmetic; `verify_lake` checks it).
+        the teacher's conv arithmetic; `verify_lake` checks it). ``ctc_labels``: the teacher's
+        greedy CTC labels, exactly when the lake's teacher has a ``ctc_vocab``.
         """
         self._check_open()
         self._raise_background_errors()
@@ -504,6 +510,7 @@ class ShardWriter:
                 f"array; drop cnn= or create the lake with cnn_features"
             )
         self._check_values(t, f"{what}, targets")
+        self._check_ctc_labels(ctc_labels, what)
         if (
             self.expected_frames is not None
             and self._index.frames + n_frames > self.expected_frames
@@ -517,11 +524,21 @@ class ShardWriter:
                 f"fix expected_frames/expected_samples (frames come from the conv arithmetic)"
             )
         self._ids.add(utt_id)
-        self._index.append(utt_id, str(speaker), str(chapter), transcript, len(audio), n_frames)
+        self._index.append(utt_id, str(speaker), str(chapter), transcript, len(audio), n_frames, ctc_labels)
         self._targets.push(t)
         if self._cnn is not None:
             self._cnn.push(np.asarray(cnn)[None])
         self._audio.push(audio[None])
+
+    def _check_ctc_labels(self, labels: Sequence[int] | None, what: str) -> None:
+        vocab = self.meta.teacher.ctc_vocab
+        if (labels is None) != (vocab is None):
+            raise FhbError(
+                f"{what}: expected {'no CTC labels (the teacher is not a CTC model)' if vocab is None else 'the teacher greedy CTC labels'}, "
+                f"found {'none' if labels is None else 'some'}; pass ctc_labels= exactly for a CTC teacher's lake")
+        if labels is not None and vocab is not None and any(not 0 <= int(k) < len(vocab) for k in labels):
+            raise FhbError(f"{what}: CTC labels expected ids in 0..{len(vocab) - 1}, found {sorted(set(labels))[-1]}; "
+                           f"fix the labels")
 
     def skip(self, utt_id: str, path: str, reason: str) -> None:
         """Record an utterance that was not stored (listed in the shard's ``skipped``)."""

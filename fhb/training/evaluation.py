@@ -18,6 +18,8 @@ from fhb.pipeline.precision import autocast_context
 from fhb.pipeline.teacher import Teacher
 from fhb.student.loss import DistillLoss
 from fhb.student.model import FitHuBERT, StudentOutput
+from fhb.training.ctc_metrics import ErrorRates
+from fhb.training.ctc_objective import CtcObjective, CtcOutput
 from fhb.training.loader import Batch, LakeLoader
 
 __all__ = ["LossValues", "SplitLosses", "compute_loss", "evaluate_split", "forward_loss", "online_targets",
@@ -30,12 +32,14 @@ class LossValues:
 
     ``total``: the weighted loss (differentiable scalar); ``per_layer``: teacher layer ``K`` -> its
     unweighted loss, ascending; ``last``: the teacher's last layer's (the published validation loss;
-    the total when no layer loss is computed, e.g. a CNN-only loss with ``delete_projections``).
+    the total when no layer loss is computed, e.g. a CNN-only loss with ``delete_projections``);
+    ``ctc``: the CTC term (`fhb.training.ctc_objective`), included in ``total``, when the run has one.
     """
 
     total: torch.Tensor
     per_layer: dict[int, float] = field(default_factory=dict)
     last: float = float("nan")
+    ctc: CtcOutput | None = None
 
     @property
     def layers(self) -> dict[str, float]:
@@ -79,13 +83,13 @@ def compute_loss(loss_fn: DistillLoss, output: StudentOutput, targets: torch.Ten
 
 def forward_loss(model: torch.nn.Module, loss_fn: DistillLoss, batch: Batch, layers: Sequence[int], *,
                  device: torch.device, precision: str = "fp32", teacher: Teacher | None = None,
-                 use_cnn: bool = False) -> LossValues:
+                 use_cnn: bool = False, ctc: CtcObjective | None = None) -> LossValues:
     """Student forward (under ``precision``'s autocast) + loss on one batch.
 
     ``model``: the student (`FitHuBERT`, or its DDP wrapper while training). Targets: the
     batch's (``B x L x T x D``, lake order of ``layers``), or ``teacher``'s when given (the
     online baseline; the batch then holds audio only). ``use_cnn``: pass the batch's ``B x T x
-    Dc`` CNN features to the loss.
+    Dc`` CNN features to the loss. ``ctc``: add the CTC term (its weight times its loss) to ``total``.
     """
     if teacher is not None:
         t, n = online_targets(teacher, batch.wavs, batch.wav_lengths, list(layers))
@@ -98,7 +102,12 @@ def forward_loss(model: torch.nn.Module, loss_fn: DistillLoss, batch: Batch, lay
     with autocast_context(device, precision):
         out = model(batch.wavs.to(device), batch.wav_lengths.to(device))
     cnn = batch.cnn.to(device, torch.float32) if (use_cnn and batch.cnn is not None) else None
-    return compute_loss(loss_fn, out, targets, layers, target_lengths, cnn)
+    lv = compute_loss(loss_fn, out, targets, layers, target_lengths, cnn)
+    if ctc is not None:
+        with autocast_context(device, precision):
+            lv.ctc = ctc(out, batch.utt_ids, teacher, batch.wavs, batch.wav_lengths)
+        lv.total = lv.total + ctc.weight * lv.ctc.loss
+    return lv
 
 
 @dataclass(frozen=True)
@@ -106,7 +115,8 @@ class SplitLosses:
     """`evaluate_split`'s averages over ``batches`` batches (of ``utterances`` utterances).
 
     ``per_layer``: teacher layer ``K`` -> mean unweighted loss; ``last``: the mean last-layer loss
-    (the published ``v_loss``, fhb's ``dev_loss``); ``total``: the mean weighted loss.
+    (the published ``v_loss``, fhb's ``dev_loss``); ``total``: the mean weighted loss. With a CTC
+    term: ``ctc`` its mean loss, ``wer`` / ``cer`` the greedy decoding's corpus-level error rates.
     """
 
     per_layer: dict[int, float]
@@ -115,6 +125,9 @@ class SplitLosses:
     batches: int
     utterances: int
     seconds: float
+    ctc: float | None = None
+    wer: float | None = None
+    cer: float | None = None
 
     @property
     def layers(self) -> dict[str, float]:
@@ -126,7 +139,7 @@ class SplitLosses:
 def evaluate_split(model: FitHuBERT, loss_fn: DistillLoss, loader: LakeLoader, layers: Sequence[int], *,
                    device: torch.device, precision: str = "fp32", teacher: Teacher | None = None,
                    use_cnn: bool = False, max_batches: int | None = None,
-                   on_batch: Callable[[int], None] | None = None) -> SplitLosses:
+                   on_batch: Callable[[int], None] | None = None, ctc: CtcObjective | None = None) -> SplitLosses:
     """Mean losses of ``model`` over the batches of ``loader`` (epoch 0 from its first batch, in order).
 
     The model runs in eval mode (its mode is restored afterwards) and the global RNGs are left as
@@ -138,7 +151,8 @@ def evaluate_split(model: FitHuBERT, loss_fn: DistillLoss, loader: LakeLoader, l
     was_training = model.training
     model.eval()
     sums: dict[int, float] = {}
-    last = total = 0.0
+    last = total = ctc_sum = 0.0
+    rates = ErrorRates()
     n = utterances = 0
     t0 = time.perf_counter()
     loader.set_epoch(0)
@@ -146,7 +160,10 @@ def evaluate_split(model: FitHuBERT, loss_fn: DistillLoss, loader: LakeLoader, l
     with torch.random.fork_rng(devices=[]):  # starting the loader draws from torch's RNG
         for batch in loader:
             lv = forward_loss(model, loss_fn, batch, layers, device=device, precision=precision, teacher=teacher,
-                              use_cnn=use_cnn)
+                              use_cnn=use_cnn, ctc=ctc)
+            if ctc is not None and lv.ctc is not None:
+                ctc_sum += float(lv.ctc.loss)
+                rates.add(lv.ctc.logits, lv.ctc.lengths, ctc.transcripts(batch.utt_ids))
             for k, v in lv.per_layer.items():
                 sums[k] = sums.get(k, 0.0) + v
             last += lv.last
@@ -162,4 +179,6 @@ def evaluate_split(model: FitHuBERT, loss_fn: DistillLoss, loader: LakeLoader, l
         return v / n if n else float("nan")
 
     return SplitLosses(per_layer={k: mean(v) for k, v in sorted(sums.items())}, last=mean(last),
-                       total=mean(total), batches=n, utterances=utterances, seconds=time.perf_counter() - t0)
+                       total=mean(total), batches=n, utterances=utterances, seconds=time.perf_counter() - t0,
+                       ctc=mean(ctc_sum) if ctc is not None else None, wer=rates.wer if ctc is not None else None,
+                       cer=rates.cer if ctc is not None else None)

@@ -52,6 +52,7 @@ from fhb.student.model import FitHuBERT, build_student
 from fhb.student.specaug import spec_augment
 from fhb.training import run_state
 from fhb.training.distributed import DistInfo, all_reduce_mean, all_reduce_min, barrier, broadcast_from_main
+from fhb.training.ctc_objective import CtcObjective
 from fhb.training.evaluation import evaluate_split, forward_loss
 from fhb.training.loader import Batch, LakeLoader
 from fhb.training.optim import OptimConfig, build_optimizer
@@ -232,6 +233,9 @@ class Trainer:
         use_cnn: the loss has a CNN term (the loader gives CNN features).
         checkpoint_extra: stored in every checkpoint next to the training state (config, settings).
         dev_split: the dev split's name, for the metrics.
+        ctc: the CTC term of a CTC teacher's lake (`fhb.training.ctc_objective`): its head is optimised
+            and checkpointed with the student; its loss is logged as ``layer_losses["ctc"]``, its dev
+            loss / WER / CER as ``ctc_loss`` / ``wer`` / ``cer`` of the ``eval`` records.
 
     Raises:
         FhbError: a rank gets no batch.
@@ -258,7 +262,9 @@ class Trainer:
         dev_loader: LakeLoader | None = None,
         dev_split: str | None = None,
         checkpoint_extra: Mapping[str, Any] | None = None,
+        ctc: CtcObjective | None = None,
     ) -> None:
+        self.ctc = ctc
         self.loss_fn, self.layer_gen, self.loader, self.dev_loader = loss_fn, layer_gen, loader, dev_loader
         self.layers, self.device, self.precision, self.accumulate = list(layers), device, precision, accumulate
         self.dist, self.clip_grad_norm, self.teacher, self.use_cnn = dist, clip_grad_norm, teacher, use_cnn
@@ -273,12 +279,15 @@ class Trainer:
         self.updates_per_epoch = math.ceil(self.batches_per_epoch / accumulate)
         self.total_steps = steps if steps is not None else int(epochs or 1) * self.updates_per_epoch
         self.model = model.to(device)
+        if ctc is not None:
+            ctc.head.to(device)
         self.ddp: torch.nn.Module = model
         if dist.enabled:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True,
             )
-        self.optimizer, self.scheduler = build_optimizer(model, optim, self.total_steps)
+        trained = model if ctc is None else torch.nn.ModuleList([model, ctc.head])
+        self.optimizer, self.scheduler = build_optimizer(trained, optim, self.total_steps)
         self.scaler = make_scaler(device, precision)
         self.global_step = 0
         self.epoch = 0
@@ -303,6 +312,7 @@ class Trainer:
             "loss_state": self.loss_fn.state_dict(),
             "loader": {"epoch": self.epoch, "batches": self.batch_in_epoch, "state": self.loader.state_dict()},
             "selection": self.selection.state_dict() if self.selection is not None else None,
+            **({"ctc_head": self.ctc.head.state_dict()} if self.ctc is not None else {}),
             **self.checkpoint_extra,
             "world_size": self.dist.world_size,
         }
@@ -314,6 +324,8 @@ class Trainer:
             FhbError: the checkpoint was written by another number of ranks.
         """
         self.model.load_state_dict(state["model"])
+        if self.ctc is not None:
+            self.ctc.head.load_state_dict(state["ctc_head"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -379,14 +391,18 @@ class Trainer:
             sync = j == n_micro - 1 or not self.dist.enabled
             with self.ddp.no_sync() if not sync else contextlib.nullcontext():
                 lv = forward_loss(self.ddp, self.loss_fn, batch, self.layers, device=self.device,
-                                  precision=self.precision, teacher=self.teacher, use_cnn=self.use_cnn)
+                                  precision=self.precision, teacher=self.teacher, use_cnn=self.use_cnn, ctc=self.ctc)
                 self.scaler.scale(lv.total / self.accumulate).backward()
             step_loss += float(lv.total.detach()) / n_micro
-            for k, v in lv.layers.items():
+            layer_values = {**lv.layers, **({"ctc": float(lv.ctc.loss.detach())} if lv.ctc is not None else {})}
+            for k, v in layer_values.items():
                 step_layers[k] = step_layers.get(k, 0.0) + v / n_micro
+        if self.ctc is not None:
+            self.ctc.sync_grads(self.dist.world_size)
         if self.clip_grad_norm is not None:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+            params = list(self.model.parameters()) + (list(self.ctc.head.parameters()) if self.ctc is not None else [])
+            torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
         lr_now = self.optimizer.param_groups[0]["lr"]
         scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.step(self.optimizer)
@@ -411,12 +427,13 @@ class Trainer:
         if self.dev_loader is None or not self.dist.is_main:
             return None
         res = evaluate_split(self.model, self.loss_fn, self.dev_loader, self.layers, device=self.device,
-                             precision=self.precision, teacher=self.teacher, use_cnn=self.use_cnn)
+                             precision=self.precision, teacher=self.teacher, use_cnn=self.use_cnn, ctc=self.ctc)
         if res.batches == 0:
             return None
+        ctc = {"ctc_loss": res.ctc, "wer": res.wer, "cer": res.cer} if self.ctc is not None else {}
         return {
             "kind": "eval", "step": self.global_step, "split": self.dev_split, "dev_loss": res.last,
-            "layer_losses": res.layers, "batches": res.batches, "seconds": res.seconds,
+            "layer_losses": res.layers, "batches": res.batches, "seconds": res.seconds, **ctc,
         }
 
     # -- the loop -------------------------------------------------------------------------------
