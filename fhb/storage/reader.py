@@ -189,8 +189,10 @@ class ShardView:
         return reader
 
     def read_audio(self, start: int, stop: int) -> np.ndarray:
-        """Samples ``start:stop`` of the shard's audio: ``S`` int16."""
-        return np.asarray(self.array(AUDIO_ARRAY)[start:stop])
+        """Samples ``start:stop`` of the shard's audio: ``S`` int16 (verified, `read_checked`)."""
+        if stop <= start:
+            return np.empty(0, dtype=np.int16)
+        return self.read_checked(AUDIO_ARRAY, start, stop)
 
     def _decode_into(self, name: str, start: int, stop: int, out: np.ndarray) -> np.ndarray:
         if stop <= start:

@@ -150,6 +150,10 @@ def test_random_access_reader_checks_stored_bytes(build_lake, store: str) -> Non
     with pytest.raises(FhbError, match=r"shard train/s0, array layer_02, chunk 0: crc32c") as err:
         opened["train"].targets(utts[0].utt_id)
     assert "\n" not in str(err.value)
+    np.testing.assert_array_equal(opened["train"].audio(utts[0].utt_id), utts[0].audio)
+    _flip(lake / "train" / "s0" / "audio" / "c" / "0")
+    with pytest.raises(FhbError, match=r"shard train/s0, array audio, chunk 0: crc32c"):
+        open_lake(lake if store == "local" else _Remote(LocalStore(lake, read_only=True)))["train"].audio(utts[0].utt_id)
 
 
 def test_legacy_shards_read_and_verify(build_lake) -> None:
