@@ -2,18 +2,22 @@
 
 ``write_lake(path, meta, {split: {shard: [Utt, ...]}})`` writes and lists every shard through the
 storage package's public writer (`LakeWriter`); tests describe utterances with `Utt`.
+``make_legacy(path)`` turns a lake into one written before stored-bytes checksums (shard format 1).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import zarr
 
 from fhb.storage import LakeMeta, LakeWriter, ShardWriter
 from fhb.storage.fitted import FittedCodec
+from fhb.storage.layout import read_node_attrs
+from fhb.storage.schema import LEGACY_SHARD_FORMAT, ShardAttrs, crc32, shard_arrays
 
 
 @dataclass
@@ -56,3 +60,21 @@ def write_lake(path: Path, meta: LakeMeta, plan: Mapping[str, Mapping[str, Seque
                 write_shard(path, split, shard, lake.meta, utts, **shard_kw)
             lake.list_split(split, list(shards))
     return path
+
+
+def make_legacy(lake: Path) -> None:
+    """Rewrite every listed shard of ``lake`` as fhb wrote shards before stored-bytes checksums
+    (shard format 1): crc32 of each chunk's decoded values, no array-metadata or index checksums.
+    The arrays are untouched: what an old lake holds."""
+    meta = LakeMeta.from_dict(read_node_attrs(lake) or {}, str(lake))
+    for split, info in meta.splits.items():
+        for shard in info.shards:
+            d = lake / split / shard
+            sa = ShardAttrs.from_attrs(read_node_attrs(d) or {}, shard)
+            sums: dict[str, list[int]] = {}
+            for spec in shard_arrays(meta, sa.index.total_frames, sa.index.total_samples):
+                arr = zarr.open_array(str(d / spec.name), mode="r")
+                c = spec.chunks[0]
+                sums[spec.name] = [crc32(np.asarray(arr[i:i + c])) for i in range(0, spec.shape[0], c)]
+            legacy = replace(sa, format_version=LEGACY_SHARD_FORMAT, checksums=sums, metadata_checksums={})
+            zarr.open_group(str(d), mode="r+").attrs.update(legacy.to_attrs())

@@ -22,8 +22,8 @@ from fhb.storage.schema import (
     TEACHER_TRASH_PREFIX,
     FramesFn,
     LakeMeta,
+    ZARR_JSON,
     ShardAttrs,
-    crc32,
     duplicate_ids,
     hours,
     is_committed,
@@ -71,7 +71,8 @@ def verify_lake(
     ``num_frames == frames_fn(num_samples)``; ``frames_fn`` defaults to the lake's frame rule,
     `LakeMeta.num_frames`: the conv stack of the teacher that wrote it);
     every array has the expected dtype, shape and chunking; with ``check_chunks`` every chunk
-    exists, decodes and matches its crc32. Leftovers of interrupted writes and committed shards
+    exists, is the one written there (`ShardAttrs.chunk_problem`, the readers' rule; legacy shards: its
+    decoded values match their crc32) and decodes. Leftovers of interrupted writes and committed shards
     missing from the listing are warnings. Raises `FhbError` if ``path`` is not a readable lake.
     """
     root = local_lake_dir(path)
@@ -177,6 +178,9 @@ def _verify_shard(
     where = f"{split}/{shard}"
     out = [Finding("error", where, f"index: {p}; re-extract the shard")
            for p in sa.index.consistency_problems()]
+    located = sa.location_problem(split, shard)
+    if located:
+        out.append(Finding("error", where, f"{located}; re-extract the shard"))
     idx = sa.index
     bad = [(u, int(s), int(f)) for u, s, f in zip(idx.utt_ids, idx.num_samples, idx.num_frames)
            if frames_fn(int(s)) != int(f)]
@@ -211,19 +215,31 @@ def _verify_shard(
             out.append(Finding("error", aw, f"expected {n} chunk checksums, found "
                                f"{'none' if stored is None else len(stored)}; re-extract the shard"))
             continue
+        adir = root / split / shard / exp.name
+        if sa.verifiable:
+            problem = sa.metadata_problem(exp.name, (adir / ZARR_JSON).read_bytes())
+            if problem:
+                out.append(Finding("error", aw, f"{ZARR_JSON}: {problem}; re-extract the shard"))
+                continue
         if check_chunks:
-            out += _verify_chunks(root / split / shard / exp.name, arr, stored, aw)
+            out += _verify_chunks(adir, arr, sa, exp.name, aw)
     return out
 
 
-def _verify_chunks(adir: Path, arr: zarr.Array, stored: list[int], where: str) -> list[Finding]:
+def _verify_chunks(adir: Path, arr: zarr.Array, sa: ShardAttrs, name: str, where: str) -> list[Finding]:
+    """Every chunk exists, is the one written (shard format 2: `ShardAttrs.chunk_problem` on its
+    stored bytes, the readers' rule) and decodes (legacy shards: to values of the recorded crc32)."""
     out = []
     c = arr.chunks[0]
-    for i, want in enumerate(stored):
+    for i in range(len(sa.checksums[name])):
         key = arr.metadata.encode_chunk_key((i,) + (0,) * (arr.ndim - 1))
         if not (adir / key).is_file():
             out.append(Finding("error", f"{where} chunk {i}", f"chunk file {key} is missing; "
                                f"re-extract the shard"))
+            continue
+        problem = sa.chunk_problem(name, i, (adir / key).read_bytes()) if sa.verifiable else None
+        if problem:
+            out.append(Finding("error", f"{where} chunk {i}", f"chunk {key}: {problem}; re-extract the shard"))
             continue
         try:
             data = np.asarray(arr[i * c : (i + 1) * c])
@@ -231,10 +247,9 @@ def _verify_chunks(adir: Path, arr: zarr.Array, stored: list[int], where: str) -
             out.append(Finding("error", f"{where} chunk {i}", f"chunk {key} does not decode "
                                f"({type(e).__name__}: {e}); re-extract the shard"))
             continue
-        got = crc32(data)
-        if got != want:
-            out.append(Finding("error", f"{where} chunk {i}", f"crc32 mismatch in chunk {key}: "
-                               f"stored {want:#010x}, read {got:#010x}; re-extract the shard"))
+        problem = None if sa.verifiable else sa.value_problem(name, i, data)
+        if problem:
+            out.append(Finding("error", f"{where} chunk {i}", f"chunk {key}: {problem}; re-extract the shard"))
     return out
 
 

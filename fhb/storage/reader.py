@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,13 +29,14 @@ from fhb.storage import schema
 from fhb.storage.schema import (
     AUDIO_ARRAY,
     CNN_ARRAY,
+    ArraySpec,
     LakeMeta,
     ShardAttrs,
     ShardIndex,
-    crc32,
     is_committed,
     layer_array_name,
     scale_array_name,
+    shard_arrays,
 )
 from fhb.storage.layout import local_lake_dir
 
@@ -68,6 +69,8 @@ class ShardView:
         self.meta = meta
         self.codec: TargetCodec = meta.codec
         self._arrays: dict[str, zarr.Array] = {}
+        self._rows: dict[str, ArrayRows] = {}
+        self._specs: dict[str, ArraySpec] | None = None
 
     @property
     def index(self) -> ShardIndex:
@@ -103,8 +106,44 @@ class ShardView:
                     f"shard {self.split}/{self.name}: expected array {name!r}, found none ({e}); "
                     f"the shard is damaged: run `fhb verify` and re-extract it"
                 ) from e
+            self._check_array(name, arr)
             self._arrays[name] = arr
         return arr
+
+    def _check_array(self, name: str, arr: zarr.Array) -> None:
+        """The array is the one the contract describes (shape, chunks, dtype: every shard format)
+        and, in shard format 2, its ``zarr.json`` is the one written (codec parameters too)."""
+        if self._specs is None:
+            self._specs = {a.name: a for a in shard_arrays(self.meta, self.num_frames, self.num_samples)}
+        where = f"shard {self.split}/{self.name}, array {name}"
+        fix = "the lake is damaged on disk: run `fhb verify` and re-extract the shard"
+        spec = self._specs.get(name)
+        found = (tuple(arr.shape), tuple(arr.chunks), _native_dtype(arr))
+        if spec is None or found != (spec.shape, spec.chunks, spec.dtype):
+            want = "no such array" if spec is None else f"shape {list(spec.shape)}, chunks {list(spec.chunks)}, dtype {spec.dtype}"
+            raise FhbError(f"{where}: expected {want} (the lake's metadata and index), found shape "
+                           f"{list(found[0])}, chunks {list(found[1])}, dtype {found[2]}; {fix}")
+        if self.attrs.verifiable:
+            raw = store_bytes(self._store, f"{self.split}/{self.name}/{name}/{schema.ZARR_JSON}")
+            problem = self.attrs.metadata_problem(name, raw or b"")
+            if problem:
+                raise FhbError(f"{where}, {schema.ZARR_JSON}: {problem}; {fix}")
+
+    def chunk_check(self, name: str) -> Callable[[int, bytes | np.ndarray], None] | None:
+        """``check(i, stored)``: raises the one-line `FhbError` naming the shard, array ``name`` and
+        chunk ``i`` unless ``stored`` (the chunk's bytes as read, before decoding) is what was written
+        there; None for a legacy shard (format 1: no checksums of stored bytes)."""
+        if not self.attrs.verifiable:
+            return None
+        attrs, where = self.attrs, f"shard {self.split}/{self.name}, array {name}"
+
+        def check(i: int, stored: bytes | np.ndarray) -> None:
+            problem = attrs.chunk_problem(name, i, stored)
+            if problem:
+                raise FhbError(f"{where}, chunk {i}: {problem}; the lake is damaged on disk: run `fhb verify` "
+                               f"and re-extract the shard")
+
+        return check
 
     def read_frames(
         self,
@@ -143,14 +182,17 @@ class ShardView:
     def rows(self, name: str) -> ArrayRows:
         """A row-range reader of array ``name`` (see `ArrayRows`; opened once, then cached)."""
         key = f"rows:{name}"
-        reader = self._arrays.get(key)
+        reader = self._rows.get(key)
         if reader is None:
-            reader = self._arrays[key] = ArrayRows(self._store, self.array(name), f"{self.split}/{self.name}/{name}")
-        return reader  # type: ignore[return-value]
+            reader = self._rows[key] = ArrayRows(self._store, self.array(name), f"{self.split}/{self.name}/{name}",
+                                                   self.chunk_check(name))
+        return reader
 
     def read_audio(self, start: int, stop: int) -> np.ndarray:
-        """Samples ``start:stop`` of the shard's audio: ``S`` int16."""
-        return np.asarray(self.array(AUDIO_ARRAY)[start:stop])
+        """Samples ``start:stop`` of the shard's audio: ``S`` int16 (verified, `read_checked`)."""
+        if stop <= start:
+            return np.empty(0, dtype=np.int16)
+        return self.read_checked(AUDIO_ARRAY, start, stop)
 
     def _decode_into(self, name: str, start: int, stop: int, out: np.ndarray) -> np.ndarray:
         if stop <= start:
@@ -166,14 +208,28 @@ class ShardView:
         return self.codec.decode(data, scales, first_frame=start, out=out)
 
     def read_checked(self, name: str, start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop`` of array ``name`` as stored, from whole chunks whose crc32 equals the
-        one recorded at write time (the random-access path; the loader has its own fast path).
+        """Rows ``start:stop`` of array ``name`` as stored, verified (the random-access path).
+
+        Shard format 2: through `rows` (each chunk file checked against its `chunk_checksum` before
+        it is decoded, as in the loader). Legacy shards (format 1): whole chunks decoded by zarr,
+        each checked against the `crc32` of its values.
 
         Raises:
             FhbError: naming the shard, array and chunk when a chunk does not decode, is missing
-                or holds other values than were written (damage on disk).
+                or holds other bytes or values than were written there (damage on disk).
         """
         arr = self.array(name)
+        if self.attrs.verifiable:
+            key = f"checked:{name}"  # not the loader's `rows`: this one keeps nothing between reads
+            rows = self._rows.get(key)
+            if rows is None:
+                rows = self._rows[key] = ArrayRows(self._store, arr, f"{self.split}/{self.name}/{name}",
+                                                     self.chunk_check(name))
+            out = np.empty((max(stop - start, 0), *rows.row_shape), dtype=rows.dtype)
+            try:
+                return rows.read_into(start, stop, out)
+            finally:
+                rows.release()
         c = int(arr.chunks[0])
         first, last = start // c, (stop - 1) // c
         lo, hi = first * c, min((last + 1) * c, int(arr.shape[0]))
@@ -185,13 +241,10 @@ class ShardView:
             raise
         except Exception as exc:  # noqa: BLE001  (codec errors come as several types)
             raise FhbError(f"{where}, chunks {first}..{last}: do not decode ({type(exc).__name__}); {fix}") from None
-        sums = self.attrs.checksums.get(name)
-        if sums is not None:
-            for i in range(first, last + 1):
-                got = crc32(data[(i - first) * c : (i - first + 1) * c])
-                if i >= len(sums) or got != sums[i]:
-                    raise FhbError(f"{where}, chunk {i}: crc32 {got:#010x} differs from the one written "
-                                   f"({sums[i] if i < len(sums) else 'none'}); {fix}")
+        for i in range(first, last + 1):
+            problem = self.attrs.value_problem(name, i, data[(i - first) * c : (i - first + 1) * c])
+            if problem:
+                raise FhbError(f"{where}, chunk {i}: {problem}; {fix}")
         return data[start - lo : stop - lo]
 
     def _check_layers(self, layers: Sequence[int] | None) -> tuple[int, ...]:
@@ -240,16 +293,24 @@ class ArrayRows:
     chunk whose rows are only partly wanted (at the edge of a block of utterances) decompresses
     only the Blosc blocks that hold them (`fhb.storage.codecs.blosc_decode_items`). Other stores
     and codecs go through zarr, one whole chunk at a time.
+
+    ``check(i, stored)`` (`ShardView.chunk_check`; None for a legacy shard) is called on the bytes
+    of chunk ``i`` as read, before anything of them is decoded, and raises if they are not the
+    bytes written there: every chunk file is verified each time it is read, whole, also when only
+    some of its Blosc blocks are then decoded.
     """
 
-    def __init__(self, store: Store, array: zarr.Array, path: str) -> None:
+    def __init__(self, store: Store, array: zarr.Array, path: str,
+                 check: Callable[[int, bytes | np.ndarray], None] | None = None) -> None:
         self.array = array
         self.path = path
+        self._store = store
+        self._check = check
         self.chunk_rows = int(array.chunks[0])
         self.rows = int(array.shape[0])
         self.row_shape = tuple(int(n) for n in array.shape[1:])
         self.row_items = int(np.prod(self.row_shape, dtype=np.int64)) if self.row_shape else 1
-        self.dtype = np.dtype(array.dtype.to_native_dtype() if hasattr(array.dtype, "to_native_dtype") else array.dtype)
+        self.dtype = _native_dtype(array)
         self._dir: Path | None = None
         codecs = getattr(array.metadata, "codecs", ())
         names = [type(c).__name__ for c in codecs]
@@ -327,6 +388,13 @@ class ArrayRows:
         wanted, else only the Blosc blocks that hold them."""
         c = self.chunk_rows
         if self._dir is None:
+            if self._check is not None:
+                coords = (i,) + (0,) * (self.array.ndim - 1)
+                stored = store_bytes(self._store, f"{self.path}/{self.array.metadata.encode_chunk_key(coords)}")
+                if stored is None:
+                    raise FhbError(f"{self.path}: expected chunk {i}, found none; the shard is damaged: run "
+                                   f"`fhb verify` and re-extract it")
+                self._check(i, stored)
             rows[...] = np.asarray(self.array[i * c + lo : i * c + hi])
         elif lo == 0 and hi == c:
             import numcodecs.blosc as nb
@@ -355,6 +423,8 @@ class ArrayRows:
             ) from None
         if got != size:
             raise FhbError(f"{self.path}: chunk {i} ({path}) changed while being read; retry")
+        if self._check is not None:
+            self._check(i, raw[:size])
         return raw[:size]
 
     def _buffer(self, size: int) -> np.ndarray:
@@ -558,6 +628,20 @@ def open_lake(path: str | os.PathLike[str] | Store) -> Lake:
     return Lake(store, location, dict(group.attrs))
 
 
+def store_bytes(store: Store, key: str) -> bytes | None:
+    """The bytes stored under ``key`` (None if there are none): a chunk or ``zarr.json`` exactly
+    as stored, for checksums."""
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    buf = sync(store.get(key, prototype=default_buffer_prototype()))
+    return None if buf is None else buf.to_bytes()
+
+
+def _native_dtype(arr: zarr.Array) -> np.dtype:
+    return np.dtype(arr.dtype.to_native_dtype() if hasattr(arr.dtype, "to_native_dtype") else arr.dtype)
+
+
 def _read_shard_attrs(store: Store, split: str, shard: str) -> ShardAttrs | None:
     where = f"shard {split}/{shard}"
     try:
@@ -571,4 +655,8 @@ def _read_shard_attrs(store: Store, split: str, shard: str) -> ShardAttrs | None
     if not is_committed(raw):
         logger.warning("%s has no commit marker; treating it as absent (run `fhb verify`)", where)
         return None
-    return ShardAttrs.from_attrs(raw, where)
+    attrs = ShardAttrs.from_attrs(raw, where)
+    problem = attrs.location_problem(split, shard)
+    if problem:
+        raise FhbError(f"{where}: {problem}; the lake is damaged: run `fhb verify` and re-extract the shard")
+    return attrs

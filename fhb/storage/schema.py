@@ -1,13 +1,15 @@
-"""The lake's on-disk contract (format v1), in one place.
+"""The lake's on-disk contract (format v1; shards in format 1 or 2), in one place.
 
 Everything a writer, the verifier and the readers must agree on is defined here and nowhere
 else: names and constants, the root attributes (`LakeMeta`, `TeacherMeta`, `SplitInfo`), a
 shard's attributes (`ShardAttrs`, with symmetric `ShardAttrs.to_attrs` / `ShardAttrs.from_attrs`
 and its `ShardIndex`), the arrays of a shard (`shard_arrays`), the commit marker
 (`is_committed`), unique utterance ids within a split (`duplicate_ids`), the frame rule (frames
-from samples by the lake's teacher conv stack, `TeacherMeta.num_frames`) and the chunk checksum
-(`crc32`), and the stored teacher (`StoredTeacher` in ``_teacher/teacher.json``, recorded in the root
-as `TeacherWeights`). Adding a stored thing is a change here (plus the writer that fills it).
+from samples by the lake's teacher conv stack, `TeacherMeta.num_frames`), the checksums that
+bind every stored chunk, array ``zarr.json`` and index to its place (`chunk_checksum`,
+`metadata_checksum`, `index_checksum`, checked through `ShardAttrs`; shard format versions in
+`SHARD_FORMAT_VERSION`; the legacy `crc32`), and the stored teacher (`StoredTeacher` in
+``_teacher/teacher.json``, recorded in the root as `TeacherWeights`). Adding a stored thing is a change here (plus the writer that fills it).
 
 ::
 
@@ -28,6 +30,7 @@ The full layout is written down in ``docs/lake-format.md``. numpy only (no zarr,
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -42,6 +45,7 @@ from fhb.errors import FhbError
 from fhb import locks as _locks
 from fhb.nn.frames import HUBERT_CONV_LAYERS, ConvSpec, conv_output_length, parse_conv_layers
 from fhb.storage.codecs import DTYPES, FITTED_DTYPES, TargetCodec
+from fhb.storage.crc32c import crc32c
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +82,21 @@ INDEX_COLUMNS = (
 CTC_LABELS_COLUMN = "ctc_labels"
 """Optional index column of a lake whose teacher is a fine-tuned CTC model (``teacher.ctc_vocab``):
 per utterance, the teacher's greedy CTC labels (`fhb.storage.ctc_labels.collapse`)."""
-CHECKSUM_ALGORITHM = "crc32"
-CHECKSUM_UNIT = "chunk"
+
+# Shard format versions (``fhb_shard.format_version``; the root's `FORMAT_VERSION` is unchanged,
+# so one lake may hold shards of both): 1 = the legacy checksums, crc32 of each chunk's decoded
+# values; 2 = crc32c of each chunk's stored (compressed) bytes bound to where the chunk belongs
+# (`chunk_checksum`), of each array's ``zarr.json`` (`metadata_checksum`) and of the index
+# (`index_checksum`). Readers accept both, and refuse newer versions ("upgrade fhb").
+SHARD_FORMAT_VERSION = 2
+LEGACY_SHARD_FORMAT = 1
+CHECKSUM_ALGORITHM = "crc32c"
+CHECKSUM_UNIT = "stored-chunk"
+CHECKSUM_BINDING = "split/shard/array/chunk"
+LEGACY_CHECKSUM_ALGORITHM = "crc32"
+LEGACY_CHECKSUM_UNIT = "chunk"
+_CHECKSUM_KIND = {LEGACY_SHARD_FORMAT: (LEGACY_CHECKSUM_ALGORITHM, LEGACY_CHECKSUM_UNIT),
+                  SHARD_FORMAT_VERSION: (CHECKSUM_ALGORITHM, CHECKSUM_UNIT)}
 
 # The stored teacher (optional): LAKE/_teacher/{model.safetensors, teacher.json}.
 TEACHER_DIR = "_teacher"
@@ -664,11 +681,40 @@ def num_chunks(length: int, chunk: int) -> int:
 
 
 def crc32(a: np.ndarray) -> int:
-    """crc32 of an array's values as stored: little-endian, C order, in-bounds part of a chunk."""
+    """The legacy checksum (shard format 1): crc32 of an array's values as stored, little-endian,
+    C order, in-bounds part of a chunk. Checked where whole chunks are decoded (`fhb verify`, the
+    random-access reader); the loader's fast path cannot check it (see `ShardAttrs.verifiable`)."""
     a = np.ascontiguousarray(a)
     if a.dtype.byteorder == ">":
         a = a.astype(a.dtype.newbyteorder("<"))
     return zlib.crc32(memoryview(a).cast("B")) & 0xFFFFFFFF
+
+
+def bound_checksum(identity: str, data: bytes | memoryview | np.ndarray) -> int:
+    """crc32c of ``data`` seeded with the crc32c of ``identity``: equal only for these bytes at
+    this place, so a valid chunk copied elsewhere does not pass."""
+    return crc32c(data, crc32c(identity.encode("utf-8")))
+
+
+def chunk_checksum(split: str, shard: str, array: str, i: int, stored: bytes | memoryview | np.ndarray) -> int:
+    """Checksum (shard format 2) of chunk ``i`` of ``array`` in shard ``split/shard``: crc32c of
+    the chunk's stored bytes (the compressed chunk file, exactly as on disk), bound to
+    ``split/shard/array/i``. The writer computes it from the file it wrote; the loader, the
+    random-access reader and `fhb verify` from the file they read, before decoding it."""
+    return bound_checksum(f"fhb-lake chunk {split}/{shard}/{array}/{i}", stored)
+
+
+def metadata_checksum(split: str, shard: str, array: str, raw: bytes) -> int:
+    """Checksum (shard format 2) of ``array``'s ``zarr.json`` as stored (shape, chunking, dtype,
+    codec chain and its parameters), bound to ``split/shard/array``."""
+    return bound_checksum(f"fhb-lake array {split}/{shard}/{array}/{ZARR_JSON}", raw)
+
+
+def index_checksum(split: str, shard: str, index: ShardIndex) -> int:
+    """Checksum (shard format 2) of a shard's utterance index (ids, counts and offsets, as
+    canonical JSON: sorted keys, no spaces, UTF-8), bound to ``split/shard``."""
+    text = json.dumps(index.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return bound_checksum(f"fhb-lake index {split}/{shard}", text.encode("utf-8"))
 
 
 @dataclass(frozen=True)
@@ -779,11 +825,17 @@ class ShardAttrs:
     """The attributes of a shard group: ``{"committed": bool, "fhb_shard": {...}}``.
 
     ``fhb_shard`` holds the split and shard names, the utterance index (one column per field,
-    rows in manifest order), the skipped utterances, per-chunk checksums of every array
-    (``checksums[array][i]`` is the `crc32` of chunk ``i`` as stored) and who wrote it. Offsets
+    rows in manifest order), the skipped utterances, the checksums and who wrote it. Offsets
     are cumulative: utterance ``i`` owns frames ``frame_offset[i] : frame_offset[i] + num_frames[i]``
     of every target array and samples ``sample_offset[i] : sample_offset[i] + num_samples[i]`` of
     ``audio``. `to_attrs` and `from_attrs` are inverses.
+
+    Checksums by ``format_version`` (see `SHARD_FORMAT_VERSION`): in format 2,
+    ``checksums[array][i]`` is `chunk_checksum` of chunk ``i``'s stored bytes,
+    ``metadata_checksums[array]`` is `metadata_checksum` of the array's ``zarr.json`` and the
+    index carries `index_checksum` (checked by `from_attrs`); in format 1 (legacy),
+    ``checksums[array][i]`` is the `crc32` of chunk ``i``'s decoded values and nothing else is
+    checksummed.
     """
 
     committed: bool
@@ -793,15 +845,76 @@ class ShardAttrs:
     skipped: tuple[dict[str, str], ...]
     checksums: dict[str, list[int]]
     written: dict[str, Any] = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
+    format_version: int = SHARD_FORMAT_VERSION
+    metadata_checksums: dict[str, int] = field(default_factory=dict)
 
     @property
     def num_utterances(self) -> int:
         """Utterances stored in the shard."""
         return len(self.index)
 
+    @property
+    def verifiable(self) -> bool:
+        """Whether the shard's checksums cover its stored bytes (format 2): every chunk file can be
+        checked before it is decoded, also when only some of its Blosc blocks are. False for a
+        legacy shard (format 1), whose checksums cover decoded whole chunks only."""
+        return self.format_version >= SHARD_FORMAT_VERSION
+
+    def chunk_problem(self, array: str, i: int, stored: bytes | memoryview | np.ndarray) -> str | None:
+        """None if ``stored`` (the bytes of chunk ``i`` of ``array`` as read) is what was written
+        there (format 2); else what is wrong, as a sentence without the fix."""
+        assert self.verifiable, "chunk_problem: a legacy shard has no checksums of stored bytes"
+        sums = self.checksums.get(array)
+        if sums is None or not 0 <= i < len(sums):
+            return f"expected a recorded checksum, found none ({0 if sums is None else len(sums)} recorded)"
+        got = chunk_checksum(self.split, self.name, array, i, stored)
+        if got != sums[i]:
+            return (f"crc32c {got:#010x} of its {_nbytes(stored)} stored bytes differs from the {sums[i]:#010x} "
+                    f"written for this chunk (damaged, or the chunk of another array, shard or position)")
+        return None
+
+    def metadata_problem(self, array: str, raw: bytes) -> str | None:
+        """None if ``raw`` (``array``'s ``zarr.json`` as read) is what was written (format 2); else
+        what is wrong."""
+        assert self.verifiable, "metadata_problem: a legacy shard has no metadata checksums"
+        want = self.metadata_checksums.get(array)
+        got = metadata_checksum(self.split, self.name, array, raw)
+        if want is None:
+            return "expected a recorded checksum of its zarr.json, found none"
+        if got != want:
+            return (f"crc32c {got:#010x} of its {ZARR_JSON} differs from the {want:#010x} written (shape, "
+                    f"dtype or codec parameters edited, or the array of another shard)")
+        return None
+
+    def value_problem(self, array: str, i: int, values: np.ndarray) -> str | None:
+        """Legacy shards (format 1): None if the decoded values of chunk ``i`` (its in-bounds rows)
+        have the recorded `crc32`; else what is wrong."""
+        assert not self.verifiable, "value_problem: checks legacy shards only"
+        sums = self.checksums.get(array)
+        got = crc32(values)
+        if sums is None or not 0 <= i < len(sums) or got != sums[i]:
+            want = "none" if sums is None or not 0 <= i < len(sums) else f"{sums[i]:#010x}"
+            return f"crc32 {got:#010x} of its decoded values differs from the one written ({want})"
+        return None
+
+    def location_problem(self, split: str, shard: str) -> str | None:
+        """None if these attributes name the place they were read from; else what is wrong (a shard
+        directory, or its ``zarr.json``, copied or moved from elsewhere)."""
+        if (self.split, self.name) != (split, shard):
+            return (f"expected the attributes of shard {split}/{shard}, found those of {self.split}/{self.name} "
+                    f"(a shard directory or its {ZARR_JSON} copied from elsewhere)")
+        return None
+
     def to_attrs(self) -> dict[str, Any]:
         """The shard group's attributes (JSON-able); totals are written for human readers."""
+        algorithm, unit = _CHECKSUM_KIND[self.format_version]
+        sums: dict[str, Any] = {"algorithm": algorithm, "unit": unit}
+        if self.verifiable:
+            sums["bound_to"] = CHECKSUM_BINDING
+        sums["arrays"] = {k: list(v) for k, v in self.checksums.items()}
+        if self.verifiable:
+            sums["metadata"] = dict(self.metadata_checksums)
+            sums["index"] = index_checksum(self.split, self.name, self.index)
         return {
             COMMITTED_ATTR: self.committed,
             SHARD_ATTR: {
@@ -813,18 +926,15 @@ class ShardAttrs:
                 "num_samples": self.index.total_samples,
                 "index": self.index.to_dict(),
                 "skipped": [dict(s) for s in self.skipped],
-                "checksums": {
-                    "algorithm": CHECKSUM_ALGORITHM,
-                    "unit": CHECKSUM_UNIT,
-                    "arrays": {k: list(v) for k, v in self.checksums.items()},
-                },
+                "checksums": sums,
                 "written": dict(self.written),
             },
         }
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any], where: str) -> ShardAttrs:
-        """Parse a shard group's attributes (FhbError naming ``where`` if malformed)."""
+        """Parse a shard group's attributes (FhbError naming ``where`` if malformed, of a newer
+        format, or, in format 2, if the index is not the one written)."""
         info = attrs.get(SHARD_ATTR)
         if not isinstance(info, Mapping):
             raise FhbError(
@@ -837,13 +947,19 @@ class ShardAttrs:
                     f"{where}: expected {SHARD_ATTR}.{key}, missing; the shard is damaged: "
                     f"re-extract it"
                 )
+        version = info.get("format_version", LEGACY_SHARD_FORMAT)
+        if version not in _CHECKSUM_KIND:
+            fix = "upgrade fhb" if isinstance(version, int) and version > SHARD_FORMAT_VERSION else "re-extract it"
+            raise FhbError(f"{where}: expected shard format_version in {sorted(_CHECKSUM_KIND)}, found "
+                           f"{version!r}; {fix}")
         sums = info["checksums"]
-        if sums.get("algorithm") != CHECKSUM_ALGORITHM or sums.get("unit") != CHECKSUM_UNIT:
+        kind = (sums.get("algorithm"), sums.get("unit")) if isinstance(sums, Mapping) else (None, None)
+        if kind != _CHECKSUM_KIND[version] or not isinstance(sums.get("arrays"), Mapping):
             raise FhbError(
-                f"{where}: expected checksums crc32 per chunk, found "
-                f"{sums.get('algorithm')!r}/{sums.get('unit')!r}; upgrade fhb"
+                f"{where}: expected checksums {'/'.join(_CHECKSUM_KIND[version])} (shard format {version}), "
+                f"found {kind[0]!r}/{kind[1]!r}; the shard is damaged: run `fhb verify` and re-extract it"
             )
-        return cls(
+        parsed = cls(
             committed=is_committed(attrs),
             split=str(info["split"]),
             name=str(info["name"]),
@@ -851,8 +967,22 @@ class ShardAttrs:
             skipped=tuple(dict(s) for s in info["skipped"]),
             checksums={k: [int(c) for c in v] for k, v in sums["arrays"].items()},
             written=dict(info.get("written") or {}),
-            format_version=int(info.get("format_version", FORMAT_VERSION)),
+            format_version=version,
+            metadata_checksums={k: int(v) for k, v in (sums.get("metadata") or {}).items()},
         )
+        if parsed.verifiable:
+            got = index_checksum(parsed.split, parsed.name, parsed.index)
+            if sums.get("index") != got:
+                raise FhbError(
+                    f"{where}: index crc32c {got:#010x} differs from the one written ({sums.get('index')!r}): "
+                    f"utterance ids, counts or offsets were edited or damaged; run `fhb verify` and "
+                    f"re-extract the shard"
+                )
+        return parsed
+
+
+def _nbytes(data: bytes | memoryview | np.ndarray) -> int:
+    return data.nbytes if isinstance(data, (np.ndarray, memoryview)) else len(data)
 
 
 def writing_attrs() -> dict[str, Any]:

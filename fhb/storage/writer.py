@@ -10,7 +10,7 @@ Who writes what:
   ``<split>/<shard>`` and marked ``committed: true`` (the marker is written last).
 
 A `ShardWriter` stages frames into whole chunks and hands each full chunk to a background
-thread that encodes, checksums and writes it, so the caller's next teacher step overlaps with
+thread that encodes and writes it, then checksums the chunk file as stored, so the caller's next teacher step overlaps with
 compression and I/O. Chunks are written once each, never rewritten.
 """
 
@@ -53,11 +53,12 @@ from fhb.storage.schema import (
     ShardIndex,
     SplitInfo,
     check_name,
-    crc32,
+    chunk_checksum,
     duplicate_id_error,
     duplicate_ids,
     is_committed,
     layer_array_name,
+    metadata_checksum,
     scale_array_name,
     shard_arrays,
     writing_attrs,
@@ -571,6 +572,9 @@ class ShardWriter:
             index=index,
             skipped=tuple(self._skipped),
             checksums=self._crcs,
+            metadata_checksums={name: metadata_checksum(self.split, self.shard, name,
+                                                        (self.tmp_dir / name / ZARR_JSON).read_bytes())
+                                for name in self._arrays},
             written={
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
@@ -744,4 +748,6 @@ class ShardWriter:
         arr[start:stop] = data
         crcs = self._crcs[name]
         assert len(crcs) == chunk, f"{name}: chunk {chunk} written out of order"
-        crcs.append(crc32(data))
+        # The checksum of the bytes as stored (read back from the page cache): what readers check.
+        key = arr.metadata.encode_chunk_key((chunk,) + (0,) * (arr.ndim - 1))
+        crcs.append(chunk_checksum(self.split, self.shard, name, chunk, (self.tmp_dir / name / key).read_bytes()))

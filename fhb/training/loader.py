@@ -520,6 +520,9 @@ def _worker_main(reader: _WindowReader, tasks: Any, results: Any) -> None:
             import traceback
 
             pool.free(taken)  # nothing of this window was sent: its slots are free again
+            if isinstance(exc, FhbError):  # a user error (e.g. a damaged chunk): its one line, as is
+                results.put(("user-error", gen, seq, str(exc), {}))
+                continue
             results.put(("error", gen, seq, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}", {}))
             continue
         results.put(("ok", gen, seq, specs, dict(pool.new)))
@@ -579,6 +582,8 @@ class _Pool:
                 if kind == "ok":
                     self._free(w, [spec.slot for spec in payload])
                 continue
+            if kind == "user-error":
+                raise FhbError(payload)
             if kind == "error":
                 raise FhbError(f"loader worker {w} failed on window {got}: {payload}")
             assert got == seq, f"worker {w}: expected window {seq}, got {got}"
