@@ -46,6 +46,7 @@ import torch
 
 from fhb.errors import FhbError
 from fhb.pipeline.teacher import Teacher
+from fhb.student.attention_targets import TeacherAttention
 from fhb.student.config import FitConfig
 from fhb.student.loss import DistillLoss
 from fhb.student.model import FitHuBERT, build_student
@@ -171,17 +172,22 @@ def make_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=(precision == "fp16" and device.type == "cuda"))
 
 
-def build_model_and_loss(fit: FitConfig, seed: int, num_teacher_layers: int) -> tuple[FitHuBERT, DistillLoss,
-                                                                                      torch.Generator]:
+def build_model_and_loss(fit: FitConfig, seed: int, num_teacher_layers: int,
+                         teacher_attention: TeacherAttention | None = None) -> tuple[FitHuBERT, DistillLoss,
+                                                                                     torch.Generator]:
     """The student (initialised from ``seed``), its `DistillLoss`, and the generator of its layer draws.
 
     The generator (seeded with ``seed``) draws the random layers at the start and after every
-    epoch; it is checkpointed with the other RNG states.
+    epoch; it is checkpointed with the other RNG states. ``teacher_attention``: the teacher's last
+    layer for the attention terms (`fhb.student.attention_targets`); with it the student returns
+    its last layer's attention.
     """
     torch.manual_seed(seed)
     model = build_student(fit.distiller, cnn_loss_weight=float(fit.loss.cnn_loss_weight))
     gen = torch.Generator().manual_seed(seed)
-    loss = DistillLoss(fit.loss, num_teacher_layers, student=fit.distiller, generator=gen)
+    loss = DistillLoss(fit.loss, num_teacher_layers, student=fit.distiller, generator=gen,
+                       teacher_attention=teacher_attention)
+    model.return_attention = loss.uses_attention
     return model, loss, gen
 
 
