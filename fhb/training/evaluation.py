@@ -29,17 +29,19 @@ class LossValues:
     """One micro-batch's losses.
 
     ``total``: the weighted loss (differentiable scalar); ``per_layer``: teacher layer ``K`` -> its
-    unweighted loss, ascending; ``last``: the teacher's last layer's (the published validation loss).
+    unweighted loss, ascending; ``last``: the teacher's last layer's (the published validation loss);
+    ``terms``: other unweighted terms by their published names (``attn_loss``, ``v_rel_loss``).
     """
 
     total: torch.Tensor
     per_layer: dict[int, float] = field(default_factory=dict)
     last: float = float("nan")
+    terms: dict[str, float] = field(default_factory=dict)
 
     @property
     def layers(self) -> dict[str, float]:
-        """`per_layer` named ``layer_KK`` (as ``metrics.jsonl`` records them)."""
-        return {f"layer_{k:02d}": v for k, v in self.per_layer.items()}
+        """`per_layer` named ``layer_KK`` (as ``metrics.jsonl`` records them), then `terms`."""
+        return {**{f"layer_{k:02d}": v for k, v in self.per_layer.items()}, **self.terms}
 
 
 def pad_targets(targets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,7 +73,12 @@ def compute_loss(loss_fn: DistillLoss, output: StudentOutput, targets: torch.Ten
     res = loss_fn(output, by_layer, target_lengths, cnn)
     per = {k: float(v.detach()) for k, v in sorted(res.per_layer.items())}
     n = loss_fn.num_teacher_layers
-    return LossValues(total=res.total, per_layer=per, last=per.get(n, float("nan")))
+    terms: dict[str, float] = {}
+    if loss_fn.cfg.attn_loss_weight > 0 and res.attn is not None:
+        terms["attn_loss"] = float(res.attn.detach())
+    if loss_fn.cfg.v_rel_loss_weight > 0 and res.v_rel is not None:
+        terms["v_rel_loss"] = float(res.v_rel.detach())
+    return LossValues(total=res.total, per_layer=per, last=per.get(n, float("nan")), terms=terms)
 
 
 def forward_loss(model: torch.nn.Module, loss_fn: DistillLoss, batch: Batch, layers: Sequence[int], *,

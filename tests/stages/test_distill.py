@@ -36,10 +36,12 @@ def build_lake(libri_root: Path, teacher_path: Path, lake: Path, layers: tuple[i
     from fhb.storage import LakeMeta, SplitInfo, TeacherMeta
     from tests.lakes import Utt, write_lake
 
+    from fhb.storage.schema import json_config
+
     teacher = load_teacher(teacher_path)
     layers = layers or tuple(range(1, teacher.num_layers + 1))
-    meta = LakeMeta(
-        teacher=TeacherMeta(name=teacher.model_name, sha256=teacher.sha256, config={"arch": "tiny"},
+    meta = LakeMeta(  # the teacher's real config, so `store_teacher` can add its weights
+        teacher=TeacherMeta(name=teacher.model_name, sha256=teacher.sha256, config=json_config(teacher.config),
                             num_layers=teacher.num_layers, dim=teacher.dim, path=str(teacher_path)),
         layers=layers, dtype="float16", splits={s: SplitInfo() for s in splits},
     )
