@@ -91,3 +91,14 @@ def test_refuses_a_lake_without_the_teacher(libri_root: Path, tiny_teacher_path:
     bare = build_lake(libri_root, tiny_teacher_path, tmp_path / "bare", splits=(TRAIN,))
     with pytest.raises(FhbError, match="add-teacher"):
         _run(bare, tmp_path / "run", _config(tmp_path, v_rel_loss_weight=1.0), steps=1)
+
+
+def test_evaluate_scores_the_attention_terms(lake: Path, tmp_path: Path) -> None:
+    """`fhb evaluate` rebuilds the teacher's attention from the lake: its total has the attention terms."""
+    from fhb.stages.evaluate import evaluate_run
+
+    run = tmp_path / "run"
+    _run(lake, run, _config(tmp_path, attn_loss_weight=1.0, attn_loss_type="mse", v_rel_loss_weight=1.0), steps=1)
+    result = evaluate_run(run, lake, DEV, batch_size=3)
+    layers = sum(result["weights"][k] * v for k, v in result["layer_losses"].items())
+    assert result["total"] > layers + 1e-3  # + attn_loss + v_rel_loss
