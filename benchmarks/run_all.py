@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["teacher_forward", "extract", "loader", "distill", "scaling", "codecs"]
+BENCHMARKS = ["teacher_forward", "extract", "loader", "distill", "scaling", "codecs", "attention_loss"]
 
 
 def main() -> None:

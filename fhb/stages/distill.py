@@ -53,6 +53,7 @@ from fhb.pipeline.precision import check_device, check_precision
 from fhb.pipeline.teacher import Teacher, load_teacher
 from fhb.storage.lock import LakeReadLease
 from fhb.storage.reader import open_lake
+from fhb.student.attention_targets import attention_for_run
 from fhb.student.checkpoint import save_student
 from fhb.student.config import FitConfig, load_fithubert_yaml
 from fhb.student.loss import required_teacher_layers
@@ -486,12 +487,14 @@ def _build_trainer(s: DistillSettings, fit: FitConfig, dist: DistInfo, device: t
     use_cnn = float(fit.loss.cnn_loss_weight) > 0
     if use_cnn and online:
         raise FhbError("--online-teacher with train.cnn_loss_weight > 0: not supported; set cnn_loss_weight: 0")
+    attention = attention_for_run(fit.loss, n_teacher, s.cache, teacher)
+    use_cnn = use_cnn or (attention is not None and attention.layer == 1)
     layers = [] if online else needed
     loader = _make_loader(s.splits, layers, s, dist, cnn=use_cnn, shuffle=True, train=True)
     dev_loader = (_make_loader([s.dev_split], layers, s, dist, cnn=use_cnn, shuffle=False, train=False)
                   if s.dev_split is not None else None)
     init_from = init_weights(fit.distiller, s.cache, lake.meta, teacher)
-    model, loss_fn, layer_gen = build_model_and_loss(fit, s.seed, n_teacher, init_from)
+    model, loss_fn, layer_gen = build_model_and_loss(fit, s.seed, n_teacher, init_from, teacher_attention=attention)
     ctc = build_ctc_objective(lake, [*s.splits, *([s.dev_split] if s.dev_split else [])], model,
                               use_gt_for_ctc(fit.train, str(s.config)), s.max_seconds)
     return Trainer(

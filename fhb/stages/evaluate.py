@@ -21,6 +21,7 @@ from typing import Any
 from fhb.errors import FhbError
 from fhb.storage.lock import LakeReadLease
 from fhb.storage.reader import open_lake
+from fhb.student.attention_targets import attention_for_run
 from fhb.student.loss import DistillLoss
 from fhb.training.checks import check_complete_splits, check_same_teacher, check_teacher_dim
 from fhb.training.evaluation import evaluate_split
@@ -116,7 +117,9 @@ def evaluate_run(
     if loss_cfg.cnn_loss_weight > 0 and not use_cnn:
         log.warning("lake %s stores no CNN features: the CNN loss is left out of 'total'", cache)
         loss_cfg = dataclasses.replace(loss_cfg, cnn_loss_weight=0.0)
-    loss_fn = DistillLoss(loss_cfg, meta.teacher.num_layers, student=fit.distiller)
+    loss_fn = DistillLoss(loss_cfg, meta.teacher.num_layers, student=fit.distiller,
+                          teacher_attention=attention_for_run(loss_cfg, meta.teacher.num_layers, cache))
+    model.return_attention = loss_fn.uses_attention
     layers = loss_fn.required_layers
     if not layers:
         raise FhbError(f"{found.source}: the config's loss uses no teacher layers (rec_loss_weight and "

@@ -399,9 +399,11 @@ class LossConfig:
         sim_loss_weight: weight of DistilHuBERT's cosine term ``-logsigmoid(cos)``.
         cnn_loss_weight: weight of the L1 loss between the student's and the teacher's
             ``post_extract_proj`` outputs.
-        attn_loss_weight: must be 0 (teacher attention maps are not in the lake).
-        attn_loss_type: inert unless ``attn_loss_weight`` > 0.
-        v_rel_loss_weight: must be 0 (needs teacher attention values).
+        attn_loss_weight: weight of the last layer's attention-distribution loss (the teacher's
+            attention is recomputed from the lake: `fhb.student.attention_targets`).
+        attn_loss_type: ``mse`` (logits) or ``kldiv`` (distributions); inert unless
+            ``attn_loss_weight`` > 0.
+        v_rel_loss_weight: weight of the last layer's value-relation loss.
         distil_random_layer: intermediate layers drawn each epoch (0: use ``pred_layer_id``).
         random_layer_weight: weight of each drawn intermediate layer (the last layer has 1).
         delete_projections: train without prediction heads: the student starts in the inference
@@ -452,10 +454,11 @@ class LossConfig:
             if getattr(self, key) < 0:
                 raise _error(source, f"train.{key}", "a weight >= 0", getattr(self, key), "fix the value")
         for key in ("attn_loss_weight", "v_rel_loss_weight"):
-            if getattr(self, key) != 0:
-                raise _error(source, f"train.{key}", "0", getattr(self, key),
-                             "this loss needs the teacher's attention maps, which the lake does not "
-                             f"store; set {key}: 0")
+            if getattr(self, key) < 0:
+                raise _error(source, f"train.{key}", "a weight >= 0", getattr(self, key), "fix the value")
+        if self.attn_loss_weight > 0 and self.attn_loss_type not in ("mse", "kldiv"):
+            raise _error(source, "train.attn_loss_type", "'mse' or 'kldiv'", self.attn_loss_type,
+                         "set attn_loss_type: kldiv")
         if self.distil_random_layer < 0:
             raise _error(source, "train.distil_random_layer", "an int >= 0", self.distil_random_layer,
                          "set it to encoder_layers - 1 (11) or 0")
@@ -576,6 +579,10 @@ def _check_together(student: StudentConfig, loss: LossConfig, source: str) -> No
     elif not student.pred_layer_id and (loss.rec_loss_weight > 0 or loss.sim_loss_weight > 0):
         raise _error(source, "distiller.pred_layer_id", "at least one layer when distil_random_layer is 0",
                      [], "list the 0-based teacher layers to predict, e.g. '[3, 7, 11]'")
+    if (loss.attn_loss_weight > 0 or loss.v_rel_loss_weight > 0) and student.enable_tr_layer:
+        raise _error(source, "distiller.enable_tr_layer", "False with attn_loss_weight or v_rel_loss_weight > 0",
+                     True, "the student's last-layer attention then spans T/f frames against the teacher's T "
+                     "(the published code fails on the shapes); set enable_tr_layer: False or the weights to 0")
 
 
 def _check_without_heads(student: StudentConfig, loss: LossConfig, source: str) -> None:

@@ -19,6 +19,10 @@ is dropped when ``T'`` is odd). Padded frames count in the means, as published; 
 ``mask_padding: True`` they are left out (each mean is over valid frames only: frames before
 ``min(prediction length, target length)``).
 
+With ``attn_loss_weight`` / ``v_rel_loss_weight > 0`` the loss adds the published attention terms of
+the last layers (`fhb.student.attention_loss`): the teacher's are recomputed from its stored layer
+``N - 1`` (`fhb.student.attention_targets`), which :attr:`DistillLoss.required_layers` then includes.
+
 Deviations, all in combinations the published code cannot run: the cosine term with random layers
 is weighted like the reconstruction term (published: a shape error), and the cosine term is
 computed whenever ``sim_loss_weight > 0`` (published: only when ``rec_loss_weight > 0`` too).
@@ -33,6 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from fhb.errors import FhbError
+from fhb.student.attention_loss import attention_terms
+from fhb.student.attention_targets import TeacherAttention, attention_input_layer
 from fhb.student.config import FitConfig, LossConfig, StudentConfig
 from fhb.student.model import StudentOutput
 
@@ -57,13 +63,15 @@ class LossResult:
     """The loss of one batch.
 
     Attributes:
-        total: ``rec_w * rec + sim_w * sim + cnn_w * cnn`` (scalar).
+        total: ``rec_w * rec + sim_w * sim + cnn_w * cnn + attn_w * attn + v_rel_w * v_rel`` (scalar).
         per_layer: teacher layer ``k`` -> its unweighted reconstruction loss (scalar; ``k = N``
             is the published validation loss ``v_loss``).
         weights: teacher layer ``k`` -> its weight in ``rec`` and ``sim``.
         rec: ``sum_k weights[k] * per_layer[k]`` (0 when ``rec_loss_weight`` is 0).
         sim: the weighted cosine term (0 when ``sim_loss_weight`` is 0).
         cnn: the CNN feature L1 loss (0 when ``cnn_loss_weight`` is 0).
+        attn: the last layer's attention loss (0 when ``attn_loss_weight`` is 0).
+        v_rel: the last layer's value-relation loss (0 when ``v_rel_loss_weight`` is 0).
     """
 
     total: torch.Tensor
@@ -72,6 +80,8 @@ class LossResult:
     rec: torch.Tensor
     sim: torch.Tensor
     cnn: torch.Tensor
+    attn: torch.Tensor | None = None
+    v_rel: torch.Tensor | None = None
 
 
 def _student_layout(student: StudentConfig | None, num_teacher_layers: int) -> tuple[int, bool, tuple[int, ...]]:
@@ -113,9 +123,12 @@ class DistillLoss:
             None means one layer-wise head per teacher layer, ``pred_layer_id = [N-1]``.
         generator: draws the random layers (deterministic for a seeded generator); None uses
             ``torch.Generator().manual_seed(0)``.
+        teacher_attention: the teacher's last layer for the attention terms (needed to compute
+            them; not to list :attr:`required_layers`).
 
     Raises:
-        FhbError: layers the teacher does not have.
+        FhbError: layers the teacher does not have, or a student whose head count differs from
+            the teacher's with the attention terms on.
     """
 
     def __init__(
@@ -125,12 +138,16 @@ class DistillLoss:
         *,
         student: StudentConfig | None = None,
         generator: torch.Generator | None = None,
+        teacher_attention: TeacherAttention | None = None,
     ) -> None:
         self.cfg = cfg
         self.num_teacher_layers = num_teacher_layers
         self.num_heads, self.layerwise, self.pred_layer_id = _student_layout(student, num_teacher_layers)
         self.random_layers: list[int] = []
+        self.teacher_attention = teacher_attention
         self._check_layers()
+        if teacher_attention is not None and student is not None and self.uses_attention:
+            _check_heads(student, teacher_attention)
         if cfg.distil_random_layer > 0:
             self.resample(generator if generator is not None else torch.Generator().manual_seed(0))
 
@@ -142,9 +159,17 @@ class DistillLoss:
         return self.cfg.rec_loss_weight > 0 or self.cfg.sim_loss_weight > 0
 
     @property
+    def uses_attention(self) -> bool:
+        """Whether the attention or value-relation term is on (both need the teacher's layer ``N - 1``)."""
+        return self.cfg.attn_loss_weight > 0 or self.cfg.v_rel_loss_weight > 0
+
+    @property
     def needs_cnn_targets(self) -> bool:
-        """Whether the CNN loss is on (it needs the teacher's ``post_extract_proj`` output)."""
-        return self.cfg.cnn_loss_weight > 0
+        """Whether the loss needs the teacher's ``post_extract_proj`` output: the CNN loss, or the
+        attention terms of a one-layer teacher (its layer 1's input is recomputed from them)."""
+        return self.cfg.cnn_loss_weight > 0 or (
+            self.uses_attention and attention_input_layer(self.num_teacher_layers) is None
+        )
 
     def _check_layers(self) -> None:
         n = self.num_teacher_layers
@@ -170,12 +195,18 @@ class DistillLoss:
 
     @property
     def required_layers(self) -> list[int]:
-        """Teacher layers (``1..N``) this loss can ask for (see :func:`required_teacher_layers`)."""
-        if not self.uses_layers:
-            return []
-        if self.cfg.distil_random_layer > 0:
-            return sorted(set(range(1, self.num_heads)) | {self.num_teacher_layers})
-        return sorted({i + 1 for i in self.pred_layer_id})
+        """Teacher layers (``1..N``) this loss can ask for (see :func:`required_teacher_layers`),
+        with the attention terms' input layer ``N - 1``."""
+        layers: set[int] = set()
+        if self.uses_layers:
+            if self.cfg.distil_random_layer > 0:
+                layers = set(range(1, self.num_heads)) | {self.num_teacher_layers}
+            else:
+                layers = {i + 1 for i in self.pred_layer_id}
+        attention_input = attention_input_layer(self.num_teacher_layers)
+        if self.uses_attention and attention_input is not None:
+            layers.add(attention_input)
+        return sorted(layers)
 
     def pairs(self) -> list[LayerPair]:
         """The terms of the current loss: (head, teacher layer, weight), in the published order."""
@@ -265,7 +296,55 @@ class DistillLoss:
         if self.cfg.cnn_loss_weight > 0:
             cnn = self._cnn(out, cnn_targets, target_lengths)
         total = self.cfg.rec_loss_weight * rec + self.cfg.sim_loss_weight * sim + self.cfg.cnn_loss_weight * cnn
-        return LossResult(total=total, per_layer=per_layer, weights=weights, rec=rec, sim=sim, cnn=cnn)
+        attn = v_rel = zero
+        if self.uses_attention:
+            attn, v_rel = self._attention(out, targets, target_lengths, cnn_targets)
+            total = total + self.cfg.attn_loss_weight * attn + self.cfg.v_rel_loss_weight * v_rel
+        return LossResult(total=total, per_layer=per_layer, weights=weights, rec=rec, sim=sim, cnn=cnn,
+                          attn=attn, v_rel=v_rel)
+
+    def _attention(self, out: StudentOutput, targets: Targets | None, target_lengths: torch.Tensor | None,
+                   cnn_targets: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The attention and value-relation terms (unweighted), teacher side recomputed."""
+        if self.teacher_attention is None:
+            raise FhbError(
+                "train.attn_loss_weight / v_rel_loss_weight > 0: expected the teacher's attention weights "
+                "(DistillLoss(teacher_attention=...)), found None; build the loss with the lake's teacher"
+            )
+        if out.last_attention is None:
+            raise FhbError(
+                "attention loss: expected the student's last-layer attention, found None; set "
+                "model.return_attention = True (build_model_and_loss does)"
+            )
+        layer = attention_input_layer(self.num_teacher_layers)
+        if layer is None:
+            if cnn_targets is None:
+                raise FhbError(
+                    "attention loss of a one-layer teacher: expected the teacher's CNN features (cnn_targets), "
+                    "found None; extract the lake with --cnn-features"
+                )
+            hidden = cnn_targets
+        else:
+            if targets is None:
+                raise FhbError(f"attention loss: expected teacher layer {layer}, found no targets")
+            hidden = self._lookup(targets, layer)
+        frames = out.last_attention.logits.shape[-1]
+        if hidden.shape[1] < frames:
+            raise FhbError(
+                f"attention loss: expected at least {frames} teacher frames (the student's), found "
+                f"{hidden.shape[1]}; the student's conv stack must have the teacher's stride"
+            )
+        hidden = hidden.narrow(1, 0, frames)
+        lengths = target_lengths.clamp(max=frames) if target_lengths is not None else None
+        module = self.teacher_attention.to(hidden.device)
+        teacher = module(hidden, lengths)
+        valid = None
+        if self.cfg.mask_padding:
+            valid = self._valid(out.hidden_states[-1], out.hidden_lengths, target_lengths)
+        terms = attention_terms(out.last_attention, teacher, attn_type=self.cfg.attn_loss_type,
+                                with_attn=self.cfg.attn_loss_weight > 0, with_v_rel=self.cfg.v_rel_loss_weight > 0,
+                                valid=valid)
+        return terms.attn, terms.v_rel
 
     def _distance(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.cfg.rec_loss_type == "l1":
@@ -274,6 +353,18 @@ class DistillLoss:
 
     def _target(self, targets: Targets, layer: int, pred: torch.Tensor) -> torch.Tensor:
         """Teacher layer ``layer`` narrowed to ``pred``'s frames, in ``pred``'s dtype."""
+        target = self._lookup(targets, layer)
+        frames = pred.shape[1]
+        if target.shape[0] != pred.shape[0] or target.shape[-1] != pred.shape[-1] or target.shape[1] < frames:
+            raise FhbError(
+                f"teacher layer {layer}: expected at least B x {frames} x {pred.shape[-1]} "
+                f"(the prediction {list(pred.shape)}), found {list(target.shape)}; the student's conv "
+                "stack must have the teacher's stride and receptive field and pred_head_final_dim its size"
+            )
+        return target.narrow(1, 0, frames).to(pred.dtype)
+
+    def _lookup(self, targets: Targets, layer: int) -> torch.Tensor:
+        """Teacher layer ``layer`` (``B x T x D``) from any :data:`Targets` form."""
         n = self.num_teacher_layers
         if isinstance(targets, torch.Tensor):
             if targets.ndim != 4 or targets.shape[1] != n:
@@ -296,14 +387,7 @@ class DistillLoss:
                     "pass a mapping {layer: B x T x D} for a subset"
                 )
             target = targets[layer - 1]
-        frames = pred.shape[1]
-        if target.shape[0] != pred.shape[0] or target.shape[-1] != pred.shape[-1] or target.shape[1] < frames:
-            raise FhbError(
-                f"teacher layer {layer}: expected at least B x {frames} x {pred.shape[-1]} "
-                f"(the prediction {list(pred.shape)}), found {list(target.shape)}; the student's conv "
-                "stack must have the teacher's stride and receptive field and pred_head_final_dim its size"
-            )
-        return target.narrow(1, 0, frames).to(pred.dtype)
+        return target
 
     def _valid(
         self, pred: torch.Tensor, pred_lengths: torch.Tensor, target_lengths: torch.Tensor | None
@@ -333,6 +417,16 @@ class DistillLoss:
         target = cnn_targets.narrow(1, 0, pred.shape[1]).to(pred.dtype)
         valid = self._valid(pred, out.cnn_lengths, target_lengths)
         return _masked_mean(F.l1_loss(pred, target, reduction="none"), valid)
+
+
+def _check_heads(student: StudentConfig, teacher: TeacherAttention) -> None:
+    """The published attention terms compare per head: the head counts must agree."""
+    if student.encoder_attention_heads != teacher.num_heads:
+        raise FhbError(
+            f"distiller.encoder_attention_heads: expected the teacher's {teacher.num_heads} with "
+            f"attn_loss_weight or v_rel_loss_weight > 0 (the published loss compares attention per head), "
+            f"found {student.encoder_attention_heads}; set encoder_attention_heads: {teacher.num_heads}"
+        )
 
 
 def _masked_mean(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:

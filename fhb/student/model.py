@@ -42,6 +42,7 @@ from fhb.nn.frames import (
 )
 from fhb.nn.mel import MelSpecHead, MelSpectrogram
 from fhb.nn.positional import conv_positional_embedding
+from fhb.nn.relations import Relations, attention_relations
 from fhb.nn.transformer import build_transformer_layers
 from fhb.student.config import FitConfig, StudentConfig
 from fhb.student.heads import LayerWiseProjHead, split_head, split_predictions, upsample
@@ -194,6 +195,9 @@ class StudentOutput:
             ``hidden_states[0]``): ``reduced`` with the time-reduction layer, else the encoder's
             embedding (``x + pos_conv(x)``, post-LN ``layer_norm``, dropout). :meth:`FitHuBERT.forward`
             always sets it; None only in outputs built by hand.
+        last_attention: the last transformer layer's attention logits and value relations
+            (``B x H x T2 x T2``), recomputed from its input; only when
+            :attr:`FitHuBERT.return_attention` is set (the attention losses), else None.
     """
 
     projections: list[torch.Tensor]
@@ -207,6 +211,7 @@ class StudentOutput:
     hidden_padding_mask: torch.Tensor | None
     reduced: torch.Tensor | None = None
     first_layer_input: torch.Tensor | None = None
+    last_attention: Relations | None = None
 
 
 class FitHuBERT(nn.Module):
@@ -255,6 +260,7 @@ class FitHuBERT(nn.Module):
         self.proj_head = proj_head
         self.final_proj: nn.Module | None = None
         self.specaug: nn.Module | None = None  # fhb.student.specaug.SpecAugment (train.specaug); no parameters
+        self.return_attention = False  # set for the attention losses (StudentOutput.last_attention)
 
     # ------------------------------------------------------------------ sizes and frames
 
@@ -411,7 +417,17 @@ class FitHuBERT(nn.Module):
             hidden_padding_mask=enc.padding_mask,
             reduced=enc.reduced,
             first_layer_input=enc.first_layer_input,
+            last_attention=self._last_attention(enc) if self.return_attention else None,
         )
+
+    def _last_attention(self, enc: EncoderOutput) -> Relations:
+        """The last transformer layer's relations, from the input it received (`fhb.nn.relations`)."""
+        layer = self.encoder.layers[-1]
+        x = enc.hidden_states[-2] if len(enc.hidden_states) > 1 else enc.first_layer_input
+        assert x is not None, "the encoder always returns its first layer's input"
+        if layer.layer_norm_first:
+            x = layer.self_attn_layer_norm(x)
+        return attention_relations(x, layer.self_attn, enc.padding_mask)
 
     def forward(self, wavs: torch.Tensor, lengths: torch.Tensor | None = None) -> StudentOutput:
         """Run the student on a padded batch.

@@ -33,18 +33,20 @@ class LossValues:
     ``total``: the weighted loss (differentiable scalar); ``per_layer``: teacher layer ``K`` -> its
     unweighted loss, ascending; ``last``: the teacher's last layer's (the published validation loss;
     the total when no layer loss is computed, e.g. a CNN-only loss with ``delete_projections``);
-    ``ctc``: the CTC term (`fhb.training.ctc_objective`), included in ``total``, when the run has one.
+    ``ctc``: the CTC term (`fhb.training.ctc_objective`), included in ``total``, when the run has one;
+    ``terms``: other unweighted terms by their published names (``attn_loss``, ``v_rel_loss``).
     """
 
     total: torch.Tensor
     per_layer: dict[int, float] = field(default_factory=dict)
     last: float = float("nan")
     ctc: CtcOutput | None = None
+    terms: dict[str, float] = field(default_factory=dict)
 
     @property
     def layers(self) -> dict[str, float]:
-        """`per_layer` named ``layer_KK`` (as ``metrics.jsonl`` records them)."""
-        return {f"layer_{k:02d}": v for k, v in self.per_layer.items()}
+        """`per_layer` named ``layer_KK`` (as ``metrics.jsonl`` records them), then `terms`."""
+        return {**{f"layer_{k:02d}": v for k, v in self.per_layer.items()}, **self.terms}
 
 
 def pad_targets(targets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,7 +80,12 @@ def compute_loss(loss_fn: DistillLoss, output: StudentOutput, targets: torch.Ten
     per = {k: float(v.detach()) for k, v in sorted(res.per_layer.items())}
     n = loss_fn.num_teacher_layers
     last = per.get(n, float("nan")) if per else float(res.total.detach())
-    return LossValues(total=res.total, per_layer=per, last=last)
+    terms: dict[str, float] = {}
+    if loss_fn.cfg.attn_loss_weight > 0 and res.attn is not None:
+        terms["attn_loss"] = float(res.attn.detach())
+    if loss_fn.cfg.v_rel_loss_weight > 0 and res.v_rel is not None:
+        terms["v_rel_loss"] = float(res.v_rel.detach())
+    return LossValues(total=res.total, per_layer=per, last=last, terms=terms)
 
 
 def forward_loss(model: torch.nn.Module, loss_fn: DistillLoss, batch: Batch, layers: Sequence[int], *,

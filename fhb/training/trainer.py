@@ -46,6 +46,7 @@ import torch
 
 from fhb.errors import FhbError
 from fhb.pipeline.teacher import Teacher
+from fhb.student.attention_targets import TeacherAttention
 from fhb.student.config import FitConfig
 from fhb.student.loss import DistillLoss
 from fhb.student.model import FitHuBERT, build_student
@@ -175,6 +176,7 @@ def make_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
 
 def build_model_and_loss(fit: FitConfig, seed: int, num_teacher_layers: int,
                          teacher_state: Mapping[str, torch.Tensor] | None = None,
+                         teacher_attention: TeacherAttention | None = None,
                          ) -> tuple[FitHuBERT, DistillLoss, torch.Generator]:
     """The student (initialised from ``seed``), its `DistillLoss`, and the generator of its layer draws.
 
@@ -182,13 +184,17 @@ def build_model_and_loss(fit: FitConfig, seed: int, num_teacher_layers: int,
     ``init_encoder_layers`` (the lake's stored teacher). With ``train.specaug`` the student gets
     its SpecAugment (``fhb.student.specaug``). The generator (seeded with ``seed``) draws the
     random layers at the start and after every epoch; it is checkpointed with the other RNG states.
+    ``teacher_attention``: the teacher's last layer for the attention terms
+    (`fhb.student.attention_targets`); with it the student returns its last layer's attention.
     """
     torch.manual_seed(seed)
     model = build_student(fit.distiller, cnn_loss_weight=float(fit.loss.cnn_loss_weight), teacher=teacher_state,
                           delete_projections=fit.loss.delete_projections)
     model.specaug = spec_augment(fit)
     gen = torch.Generator().manual_seed(seed)
-    loss = DistillLoss(fit.loss, num_teacher_layers, student=fit.distiller, generator=gen)
+    loss = DistillLoss(fit.loss, num_teacher_layers, student=fit.distiller, generator=gen,
+                       teacher_attention=teacher_attention)
+    model.return_attention = loss.uses_attention
     return model, loss, gen
 
 

@@ -39,7 +39,7 @@ def build_lake(libri_root: Path, teacher_path: Path, lake: Path, layers: tuple[i
 
     teacher = load_teacher(teacher_path)
     layers = layers or tuple(range(1, teacher.num_layers + 1))
-    meta = LakeMeta(
+    meta = LakeMeta(  # the teacher's real config, so `store_teacher` can add its weights
         teacher=TeacherMeta(name=teacher.model_name, sha256=teacher.sha256, config=json_config(teacher.config),
                             num_layers=teacher.num_layers, dim=teacher.dim, path=str(teacher_path)),
         layers=layers, dtype="float16", splits={s: SplitInfo() for s in splits},

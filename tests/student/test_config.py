@@ -100,8 +100,9 @@ def test_unknown_distiller_key_is_named() -> None:
         ("distiller", "conv_feature_layers", "__import__('os').system('true')", "conv layer string"),
         ("distiller", "extractor_mode", "group", "extractor_mode"),
         ("distiller", "activation_fn", "swish", "activation"),
-        ("train", "attn_loss_weight", 1.0, "attention maps"),
-        ("train", "v_rel_loss_weight", 0.5, "attention maps"),
+        # supported since issue 12, but not with fithubert.yaml's time reduction (published: a shape error)
+        ("train", "attn_loss_weight", 1.0, "enable_tr_layer: expected False"),
+        ("train", "v_rel_loss_weight", 0.5, "enable_tr_layer: expected False"),
         ("train", "specaug", "yes", "true or false"),  # SpecAugment is supported now (tests/student/test_specaug.py)
         ("train", "rec_loss_type", "kl", "'mse' or 'l1'"),
         ("train", "delete_projections", True, "delete_projections"),
