@@ -34,6 +34,26 @@ RECIPES: dict[str, tuple[str, Mapping[str, Mapping[str, Any]]]] = {
     "fithubert": ("tiny", {}),  # tiny.yaml: fithubert.yaml's layout (time reduction, layer-wise heads, random layers)
     "distilhubert": ("distilhubert", {}),  # L1 + cosine, split head on layers 1-3, init from the lake's teacher
     "distilhubert-specaug": ("distilhubert", {"train": {"specaug": True}}),
+    # the student variants (tests/stages/test_variants.py trains and exports each)
+    "conformer": ("tiny", {"distiller": {"layer_type": "conformer", "depthwise_conv_kernel_size": 5}}),
+    "conformer-rel-pos": ("tiny", {"distiller": {"layer_type": "conformer", "attn_type": "espnet",
+                                                 "pos_enc_type": "rel_pos", "depthwise_conv_kernel_size": 5}}),
+    "fc1": ("tiny", {"distiller": {"tr_layer_type": "fc1"}}),
+    "fc2": ("tiny", {"distiller": {"tr_layer_type": "fc2"}}),
+    "mel": ("tiny", {"distiller": {"n_mels": 16, "enable_log_mel": True,
+                                   "mel_spec_head_conv_layers": "[(24, 5, 1), (32, 3, 1)]"}}),
+    "mel-specaug": ("tiny", {"distiller": {"n_mels": 16, "enable_log_mel": True,
+                                           "mel_spec_head_conv_layers": "[(24, 5, 1), (32, 3, 1)]"},
+                             "train": {"specaug": True}}),
+    # the attention terms (tests/student/test_attention_reference.py checks them against fairseq)
+    "attention-kldiv-v-rel": ("tiny", {"distiller": {"enable_tr_layer": False},
+                                       "train": {"attn_loss_weight": 1.0, "attn_loss_type": "kldiv",
+                                                 "v_rel_loss_weight": 1.0}}),
+    "attention-mse": ("tiny", {"distiller": {"enable_tr_layer": False},
+                               "train": {"attn_loss_weight": 1.0, "attn_loss_type": "mse"}}),
+    "delete-projections-attention": ("tiny", {"distiller": {"enable_tr_layer": False},
+                                              "train": {"delete_projections": True, "rec_loss_weight": 0.0,
+                                                        "attn_loss_weight": 1.0, "v_rel_loss_weight": 1.0}}),
 }
 """The configs the proof runs; extend with one entry per objective."""
 
