@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from fhb.errors import FhbError
-from fhb.files import PARTIAL, beside, build_beside, check_out_apart
+from fhb.files import check_out_apart
 from fhb.pipeline.audio import AudioError, load_audio_int16
 from fhb.pipeline.corpus import Manifest, scan_librispeech
 from fhb.pipeline.ctc_targets import greedy_labels
@@ -44,13 +44,11 @@ from fhb.pipeline.teacher import Teacher, TeacherSpec, load_teacher, read_teache
 from fhb.stages.codec_fit import FIT_SECONDS, collect_sample, fitted_layout, resumable_codecs
 from fhb.stages.shard_plan import ORDERS, ShardJob, plan_shards
 from fhb.storage import LakeMeta, LakeWriter, ShardWriter, SplitInfo, TeacherMeta
+from fhb.storage.lake_writer import Planned, overwrite_target, replacing_lake
 from fhb.training.epoch import pack_by_padded_size
 from fhb.storage.codecs import FITTED_DTYPES
 from fhb.storage.fitted import DEFAULT_ERROR_BUDGET, FittedCodec, check_budget, resolve_codec, with_fitted
-from fhb.storage.layout import read_node_attrs
-from fhb.storage.lock import LakeLock
-from fhb.storage.schema import ZARR_JSON, ShardAttrs, is_committed, json_config, layer_array_name
-from fhb.storage.writer import foreign_lake_entries
+from fhb.storage.schema import json_config, layer_array_name
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +330,7 @@ def run_extract(
         cnn_dim=spec.dim if cnn_features else None,
         splits={s: SplitInfo() for s in splits},
     )
-    target = _write_target(Path(out), overwrite)
+    target = overwrite_target(Path(out), overwrite, "fhb extract")
     opts = ExtractOptions(
         teacher=str(Path(teacher).resolve()), lake=str(target.resolve()), layers=meta.layers,
         cnn_features=cnn_features, device=device, precision=precision, batch_seconds=batch_seconds,
@@ -350,7 +348,7 @@ def run_extract(
             meta, fitted = fitted_layout(meta, fitted_kind, codec_error, sample, seed)
         else:
             meta = with_fitted(meta, fitted)
-    with _lake_write_errors(Path(out)), _replacing(Path(out), target, meta, plans), \
+    with _lake_write_errors(Path(out)), replacing_lake(Path(out), target, meta, _planned(plans), "extract"), \
             LakeWriter(target, meta, fitted=fitted) as lake:
         store_teacher(lake, teacher, sha256=spec.sha256)  # stage two needs nothing but the lake
         meta = lake.meta
@@ -396,53 +394,9 @@ def run_extract(
     return summary
 
 
-def _write_target(out: Path, overwrite: bool) -> Path:
-    """Where this run writes: ``out``, or with ``overwrite`` of an existing lake (or to continue an
-    interrupted overwrite) its partial sibling ``.LAKE.tmp-partial``."""
-    partial = beside(out, f"tmp-{PARTIAL}")
-    if overwrite and ((out / ZARR_JSON).is_file() or partial.is_dir()):
-        return partial
-    if partial.is_dir():
-        log.warning("an interrupted `fhb extract --overwrite` of %s left its partial new lake in %s: rerun "
-                    "with --overwrite to continue it, or delete it", out, partial)
-    return out
-
-
-@contextlib.contextmanager
-def _replacing(out: Path, target: Path, meta: LakeMeta, plans: dict[str, list[ShardJob]]) -> Iterator[None]:
-    """With ``target`` beside ``out`` (``--overwrite``): hold the old lake's lock for the whole run
-    (readers and writers of it are refused), build the new lake in ``target`` and swap it in."""
-    if target == out:
-        yield
-        return
-    old = LakeLock(out) if out.is_dir() and not out.is_symlink() else None
-    with old if old is not None else contextlib.nullcontext():
-        with build_beside(out, "extract", foreign=foreign_lake_entries,
-                          resume=lambda partial: _continuable(partial, meta, plans)) as built:
-            assert built == target, (built, target)
-            yield
-        if old is not None:
-            old.forget()  # the old lake, with its lock file, was swapped out and deleted
-    log.info("lake %s replaced by the new extraction", out)
-
-
-def _continuable(partial: Path, meta: LakeMeta, plans: dict[str, list[ShardJob]]) -> bool:
-    """Whether an interrupted overwrite's partial lake was started for this run's layout and shard plan."""
-    attrs = read_node_attrs(partial) if (partial / ZARR_JSON).is_file() else None
-    if attrs is None:
-        return True  # nothing written yet
-    try:
-        if meta.layout_differences(LakeMeta.from_dict(attrs, f"lake {partial}")):
-            return False
-        for split, jobs in plans.items():
-            for job in jobs:
-                shard = read_node_attrs(partial / split / job.name)
-                if is_committed(shard) and list(ShardAttrs.from_attrs(shard or {}, job.name).index.utt_ids) \
-                        != list(job.utt_ids):
-                    return False
-    except FhbError:
-        return False
-    return True
+def _planned(plans: dict[str, list[ShardJob]]) -> Planned:
+    """The shard plan as `replacing_lake` checks a partial lake against it."""
+    return {split: {job.name: job.utt_ids for job in jobs} for split, jobs in plans.items()}
 
 
 def _teacher_sample(opts: ExtractOptions, utts: Sequence[Any], seconds: float, seed: int) -> dict[str, np.ndarray]:

@@ -17,24 +17,32 @@
 The lock (`LakeLock`) is held for the whole block, so one client drives a lake at a time. Workers
 in other processes (dask) write their shards with ``ShardWriter(lake.path, split, shard,
 lake.meta)`` directly: only the client updates the root attributes.
+
+``--overwrite`` of an existing lake builds the new one beside it and swaps it in when complete::
+
+    target = overwrite_target(out, overwrite, "fhb extract")     # out, or .out.tmp-partial
+    with replacing_lake(out, target, meta, planned, "extract"), LakeWriter(target, meta) as lake: ...
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from fhb.errors import FhbError
 import numpy as np
+
+from fhb.errors import FhbError
+from fhb.files import PARTIAL, beside, build_beside
 
 from fhb.storage.fitted import FittedCodec
 from fhb.storage.layout import local_lake_dir, read_node_attrs
 from fhb.storage.lock import LakeLock
-from fhb.storage.schema import LakeMeta, ShardAttrs, SplitInfo, StoredTeacher, is_committed
+from fhb.storage.schema import ZARR_JSON, LakeMeta, ShardAttrs, SplitInfo, StoredTeacher, is_committed
 from fhb.storage.teacher_store import TeacherSource, adopt_teacher, stored_teacher, write_teacher
-from fhb.storage.writer import ShardWriter, create_lake, update_split_listing
+from fhb.storage.writer import ShardWriter, create_lake, foreign_lake_entries, update_split_listing
 
 logger = logging.getLogger(__name__)
 
@@ -144,3 +152,59 @@ class LakeWriter:
 
     def _reload(self) -> None:
         self._meta = LakeMeta.from_dict(read_node_attrs(self.path) or {}, f"lake {self.path}")
+
+
+Planned = Mapping[str, Mapping[str, Sequence[str]]]
+"""``{split: {shard: utterance ids}}``: the shards a run will write and what each must hold."""
+
+
+def overwrite_target(out: Path, overwrite: bool, command: str) -> Path:
+    """Where a lake-building ``command`` writes: ``out``, or with ``overwrite`` of an existing lake
+    (or to continue an interrupted overwrite) its partial sibling ``.LAKE.tmp-partial``."""
+    partial = beside(out, f"tmp-{PARTIAL}")
+    if overwrite and ((out / ZARR_JSON).is_file() or partial.is_dir()):
+        return partial
+    if partial.is_dir():
+        logger.warning("an interrupted `%s --overwrite` of %s left its partial new lake in %s: rerun "
+                       "with --overwrite to continue it, or delete it", command, out, partial)
+    return out
+
+
+@contextlib.contextmanager
+def replacing_lake(out: Path, target: Path, meta: LakeMeta, planned: Planned, kind: str) -> Iterator[None]:
+    """With ``target`` beside ``out`` (`overwrite_target`): hold the old lake's lock for the whole
+    run (its readers and writers are refused), build the new lake in ``target`` (continuing an
+    interrupted one of the same layout and plan, `partial_matches`) and swap it in; a failure leaves
+    the old lake as it was (`fhb.files.build_beside`; ``kind`` names the command in its messages).
+    A no-op when ``target`` is ``out``."""
+    if target == out:
+        yield
+        return
+    old = LakeLock(out) if out.is_dir() and not out.is_symlink() else None
+    with old if old is not None else contextlib.nullcontext():
+        with build_beside(out, kind, foreign=foreign_lake_entries,
+                          resume=lambda partial: partial_matches(partial, meta, planned)) as built:
+            assert built == target, (built, target)
+            yield
+        if old is not None:
+            old.forget()  # the old lake, with its lock file, was swapped out and deleted
+    logger.info("lake %s replaced by the new %s", out, "extraction" if kind == "extract" else kind)
+
+
+def partial_matches(partial: Path, meta: LakeMeta, planned: Planned) -> bool:
+    """Whether a partial lake was started with ``meta``'s layout and, shard by shard, ``planned``."""
+    attrs = read_node_attrs(partial) if (partial / ZARR_JSON).is_file() else None
+    if attrs is None:
+        return True  # nothing written yet
+    try:
+        if meta.layout_differences(LakeMeta.from_dict(attrs, f"lake {partial}")):
+            return False
+        for split, shards in planned.items():
+            for shard, utt_ids in shards.items():
+                found = read_node_attrs(partial / split / shard)
+                if is_committed(found) and list(ShardAttrs.from_attrs(found or {}, shard).index.utt_ids) \
+                        != list(utt_ids):
+                    return False
+    except FhbError:
+        return False
+    return True
