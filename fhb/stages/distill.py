@@ -48,6 +48,8 @@ import yaml
 
 from fhb.errors import FhbError
 from fhb.files import atomic_write_text, check_out_apart
+from fhb.stages.option_limits import MAX_PROCESSES, MAX_UPDATES, check_int
+from fhb.stages.out_paths import check_out_not_inside_lake
 from fhb.pipeline.precision import check_device, check_precision
 from fhb.pipeline.teacher import Teacher, load_teacher
 from fhb.storage.lock import LakeReadLease
@@ -282,6 +284,9 @@ def resolve_settings(
     for name, v in (("log_every", log_every), ("eval_every", eval_every), ("save_every", save_every)):
         if v is not None and v < 1:
             raise FhbError(f"--{name.replace('_', '-')}: expected >= 1 (or unset), found {v}")
+    check_int("--steps", steps, 1, MAX_UPDATES)
+    check_int("--epochs", epochs, 1, MAX_UPDATES)
+    check_int("--workers", workers, 0, MAX_PROCESSES)
     return DistillSettings(
         cache=str(cache), config=str(config), out=str(out), splits=tuple(splits), dev_split=dev_split,
         steps=steps, epochs=epochs, batch_size=batch_size, batch_seconds=batch_seconds,
@@ -421,6 +426,7 @@ def _check_run_dir(s: DistillSettings, dist: DistInfo, resume: bool) -> None:
     run_dir = Path(s.out)
     check_out_apart(run_dir, {"--cache": Path(s.cache), "--config": Path(s.config) if Path(s.config).exists() else None,
                               "--online-teacher": Path(s.online_teacher) if s.online_teacher else None}, "distill")
+    check_out_not_inside_lake(run_dir, Path(s.cache), "--cache", "distill")
     if dist.is_main and run_dir.exists() and not resume:
         if not run_dir.is_dir():
             raise FhbError(f"run directory {run_dir}: expected a directory, found a file; choose another --out")
