@@ -48,7 +48,7 @@ import yaml
 
 from fhb.errors import FhbError
 from fhb.files import atomic_write_text, check_out_apart
-from fhb.stages.option_limits import MAX_PROCESSES, MAX_UPDATES, check_int
+from fhb.stages.option_limits import MAX_ACCUMULATE, MAX_BATCH_SECONDS, MAX_PROCESSES, MAX_UPDATES, check_int
 from fhb.stages.out_paths import check_out_not_inside_lake
 from fhb.pipeline.precision import check_device, check_precision
 from fhb.pipeline.teacher import Teacher, load_teacher
@@ -287,6 +287,7 @@ def resolve_settings(
     check_int("--steps", steps, 1, MAX_UPDATES)
     check_int("--epochs", epochs, 1, MAX_UPDATES)
     check_int("--workers", workers, 0, MAX_PROCESSES)
+    check_int("--accumulate", acc, 1, MAX_ACCUMULATE)
     return DistillSettings(
         cache=str(cache), config=str(config), out=str(out), splits=tuple(splits), dev_split=dev_split,
         steps=steps, epochs=epochs, batch_size=batch_size, batch_seconds=batch_seconds,
@@ -299,7 +300,7 @@ def resolve_settings(
     )
 
 
-_MAX_BATCH_SECONDS = 100_000.0
+_MAX_BATCH_SECONDS = MAX_BATCH_SECONDS
 """Largest --batch-seconds / --max-seconds accepted (27 hours of audio in one micro-batch)."""
 _MAX_SEED = 2**32 - 1  # numpy's seeds
 

@@ -20,6 +20,12 @@ MAX_THREADS = 1024
 """Most torch threads per process."""
 MAX_UPDATES = 10**9
 """Most optimiser updates (or epochs) one run may ask for."""
+MAX_BATCH_SECONDS = 100_000.0
+"""Largest padded audio per batch (27 hours; the distill options use the same bound)."""
+MAX_HOURS = 100_000.0
+"""Largest ``--shard-hours`` (a shard of more is one shard of everything anyway)."""
+MAX_ACCUMULATE = 10**6
+"""Most micro-batches per update."""
 MAX_FIT_SECONDS = 10**7
 """Most seconds of audio a fitted codec samples (about 116 days; more is the whole split anyway)."""
 
