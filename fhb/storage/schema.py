@@ -618,6 +618,9 @@ class LakeMeta:
 
 
 def _require_keys(d: Mapping[str, Any], keys: Sequence[str], where: str) -> None:
+    if not isinstance(d, Mapping):
+        raise FhbError(f"{where}: expected a mapping with keys {list(keys)}, found {type(d).__name__} ({d!r:.80}); "
+                       "the metadata is damaged: re-run `fhb extract` into a new lake")
     missing = [k for k in keys if k not in d]
     if missing:
         raise FhbError(
@@ -819,21 +822,32 @@ class ShardAttrs:
                     f"re-extract it"
                 )
         sums = info["checksums"]
-        if sums.get("algorithm") != CHECKSUM_ALGORITHM or sums.get("unit") != CHECKSUM_UNIT:
-            raise FhbError(
-                f"{where}: expected checksums crc32 per chunk, found "
-                f"{sums.get('algorithm')!r}/{sums.get('unit')!r}; upgrade fhb"
+        if not isinstance(sums, Mapping) or sums.get("algorithm") != CHECKSUM_ALGORITHM \
+                or sums.get("unit") != CHECKSUM_UNIT:
+            found = f"{sums.get('algorithm')!r}/{sums.get('unit')!r}" if isinstance(sums, Mapping) else repr(sums)
+            raise FhbError(f"{where}: expected checksums crc32 per chunk, found {found}; upgrade fhb (or re-extract "
+                           "the shard if it is damaged)")
+        try:
+            return cls(
+                committed=is_committed(attrs),
+                split=_text(info["split"]),
+                name=_text(info["name"]),
+                index=ShardIndex.from_dict(info["index"], where),
+                skipped=tuple(dict(s) for s in info["skipped"]),
+                checksums={str(k): [int(c) for c in v] for k, v in sums["arrays"].items()},
+                written=dict(info.get("written") or {}),
+                format_version=int(info.get("format_version", FORMAT_VERSION)),
             )
-        return cls(
-            committed=is_committed(attrs),
-            split=str(info["split"]),
-            name=str(info["name"]),
-            index=ShardIndex.from_dict(info["index"], where),
-            skipped=tuple(dict(s) for s in info["skipped"]),
-            checksums={k: [int(c) for c in v] for k, v in sums["arrays"].items()},
-            written=dict(info.get("written") or {}),
-            format_version=int(info.get("format_version", FORMAT_VERSION)),
-        )
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+            raise FhbError(f"{where}: expected the attributes of an fhb shard, found a value of the wrong type or "
+                           f"shape ({type(exc).__name__}: {exc}); the shard is damaged: re-extract it") from None
+
+
+def _text(value: object) -> str:
+    """A string attribute (TypeError otherwise: `ShardAttrs.from_attrs` reports it)."""
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, found {value!r}")
+    return value
 
 
 def writing_attrs() -> dict[str, Any]:
