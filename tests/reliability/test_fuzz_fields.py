@@ -11,7 +11,7 @@ line in ``_base_args`` (a test fails until it has one). The yaml fields are read
 tiny config's ``distiller``, ``train`` and ``optimizer`` sections the same way.
 
 Runs that a value would make long are cut short once every check has passed: ``fhb distill``
-stops after its first update (``stop_after=1``), ``fhb demo`` stops where it would start writing
+stops after its first update (``stop_after=1``), ``fhb demo`` stops once it claimed its folder
 (a sentinel), the rest run to completion on the fixture.
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,10 @@ def fuzz_env(cli: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, small_ru
     real = distill.run_distill
     monkeypatch.setattr(distill, "run_distill", lambda *a, **kw: real(*a, **{**kw, "stop_after": 1}))
 
-    def claim(out: Path) -> None:
+    real_claim = demo._claim_demo_dir
+
+    def claim(out: Path) -> None:  # the demo's checks of --out, then stop before it writes its teacher
+        real_claim(out)
         raise _Accepted
 
     monkeypatch.setattr(demo, "_claim_demo_dir", claim)
@@ -98,7 +102,7 @@ def fuzz_env(cli: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, small_ru
     def run(path: tuple[str, ...], option: str, value: str) -> CliResult | None:
         scratch = tmp_path / f"x{next(counter)}"
         scratch.mkdir()
-        args = _base_args(path, scratch, small_run, reference_lake, tiny_teacher_path, libri_root)
+        args = _out_base(path, scratch, small_run, reference_lake, tiny_teacher_path, libri_root)
         if option in args:
             args[args.index(option) + 1] = value
         else:
@@ -266,3 +270,64 @@ def test_numeric_yaml_fields_fuzz_through_distill(data: st.DataObject, reference
     if result.code == 2:
         assert len(result.error_lines) == 1, f"{what}:\n{result.stderr[-3000:]}"
         assert not out.exists(), f"{what}: a refused run left its directory"
+
+
+# ------------------------------------------------------------------ --device and --out, every command
+
+
+def _commands_with(option: str) -> list[tuple[str, ...]]:
+    import typer
+
+    from fhb.cli import app
+
+    return [path for path, command in _commands(typer.main.get_command(app))
+            if any(option in getattr(p, "opts", ()) for p in command.params)]
+
+
+DEVICE_COMMANDS = _commands_with("--device")
+OUT_COMMANDS = _commands_with("--out")
+
+
+def test_the_app_has_the_device_and_out_options_this_file_expects() -> None:
+    assert {("distill",), ("evaluate",), ("extract",)} <= set(DEVICE_COMMANDS)
+    assert {("distill",), ("extract",), ("transcode",), ("demo",), ("export-hf",), ("random-teacher",)} <= set(
+        OUT_COMMANDS)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("path", DEVICE_COMMANDS, ids=[" ".join(p) for p in DEVICE_COMMANDS])
+def test_every_command_with_device_refuses_cuda_and_mps_here(path: tuple[str, ...], fuzz_env: Any) -> None:
+    for device in ("cuda", "mps", "cuda:1"):
+        result = fuzz_env(path, "--device", device)
+        assert result is not None, f"{' '.join(path)} --device {device} was accepted"
+        _assert_one_line_or_usage(result, f"{' '.join(path)} --device {device}")
+        assert result.code == 2 and "--device" in result.error, result.stderr[-2000:]
+
+
+def _out_base(path: tuple[str, ...], scratch: Path, run: Path, lake: Path, teacher: Path, libri: Path) -> list[str]:
+    extra = {("import-checkpoint",): ["import-checkpoint", str(run / "student.pt"), "--out", "OUT"],
+             ("import-hf",): ["import-hf", str(scratch), "--out", "OUT"]}
+    if path in extra:
+        return extra[path]
+    return _base_args(path, scratch, run, lake, teacher, libri)
+
+
+@pytest.mark.parametrize("path", OUT_COMMANDS, ids=[" ".join(p) for p in OUT_COMMANDS])
+@pytest.mark.parametrize("kind", ["a-file", "below-a-file", "unwritable"])
+def test_every_command_with_out_refuses_a_bad_out(path: tuple[str, ...], kind: str, fuzz_env: Any, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file (where a folder is written), a path below a file, an unwritable folder (simulated: root)."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    if kind == "unwritable":
+        (tmp_path / "ro").mkdir()
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == tmp_path / "ro" else real(p, mode, **kw))
+    out = {"a-file": afile, "below-a-file": afile / "out", "unwritable": tmp_path / "ro" / "out"}[kind]
+    if path == ("random-teacher",) and kind == "a-file":
+        out = afile  # an existing file: random-teacher refuses to overwrite it
+    result = fuzz_env(path, "--out", str(out))
+    assert result is not None, f"{' '.join(path)} --out {kind} was accepted"
+    _assert_one_line_or_usage(result, f"{' '.join(path)} --out {kind}")
+    assert result.code == 2, result.stderr[-2000:]
+    assert afile.read_text() == "x"
