@@ -432,6 +432,23 @@ def _quiet_abandoned_io() -> None:
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
+def _fail(message: str) -> None:
+    """Print ``error: MESSAGE`` on one line (after the traceback under ``--verbose``) and exit with 2."""
+    from rich.markup import escape
+
+    from fhb.pipeline.logging_setup import console
+
+    if _VERBOSE[0]:
+        import traceback
+
+        traceback.print_exc()
+
+    # One line, shown verbatim: a yaml parser's message spans lines, and a path may hold "[...]".
+    message = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(2)
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning user errors into one line."""
     import signal
@@ -441,19 +458,10 @@ def main() -> None:
         _refuse_empty_paths(sys.argv[1:])
         app()
     except FhbError as exc:
-        from rich.markup import escape
-
-        from fhb.pipeline.logging_setup import console
-
-        if _VERBOSE[0]:
-            import traceback
-
-            traceback.print_exc()
-
-        # One line, shown verbatim: a yaml parser's message spans lines, and a path may hold "[...]".
-        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(str(exc))
+    except PermissionError as exc:  # chmod 000 input, read-only output: the user's to fix, wherever it surfaces
+        _fail(f"{exc.filename or 'a file'}: permission denied ({exc.strerror}); expected a path this user may "
+              "read (and, for an output, write); fix its permissions or choose another path")
     except (KeyboardInterrupt, _Terminated):
         from fhb.pipeline.logging_setup import console
 

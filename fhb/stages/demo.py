@@ -73,13 +73,16 @@ def run_demo(out: Path, steps: int = 40) -> None:
     from fhb.stages.lake_views import extract_progress, inspect_lake, print_extract_summary, verify
     from fhb.stages.teacher_info import write_random_teacher
 
+    from fhb.stages.option_limits import MAX_UPDATES, check_int
+
     started = time.perf_counter()
+    check_int("--steps", steps, 1, MAX_UPDATES)  # before the demo writes anything
     _claim_demo_dir(out)
     root = fixture_root()
     teacher = out / "teacher-tiny.pt"
     lake = out / "lake"
     _step("1/6 teacher: a random tiny HuBERT in fairseq's checkpoint layout")
-    write_random_teacher(teacher, "tiny", seed=0)
+    write_random_teacher(teacher, "tiny", seed=0, replace=True)
     _step("2/6 fhb extract: the teacher runs once; every layer goes to the lake")
     with extract_progress(lake) as progress:
         summary = run_extract(teacher, root, FIXTURE_SPLITS, lake, shard_hours=0.005, workers=1,

@@ -49,6 +49,8 @@ import yaml
 
 from fhb.errors import FhbError
 from fhb.files import atomic_write_text, check_out_apart
+from fhb.stages.option_limits import MAX_ACCUMULATE, MAX_BATCH_SECONDS, MAX_PROCESSES, MAX_UPDATES, check_int
+from fhb.stages.out_paths import check_out_not_inside_lake
 from fhb.pipeline.precision import check_device, check_precision
 from fhb.pipeline.teacher import Teacher, load_teacher
 from fhb.storage.lock import LakeReadLease
@@ -286,6 +288,10 @@ def resolve_settings(
     for name, v in (("log_every", log_every), ("eval_every", eval_every), ("save_every", save_every)):
         if v is not None and v < 1:
             raise FhbError(f"--{name.replace('_', '-')}: expected >= 1 (or unset), found {v}")
+    check_int("--steps", steps, 1, MAX_UPDATES)
+    check_int("--epochs", epochs, 1, MAX_UPDATES)
+    check_int("--workers", workers, 0, MAX_PROCESSES)
+    check_int("--accumulate", acc, 1, MAX_ACCUMULATE)
     return DistillSettings(
         cache=str(cache), config=str(config), out=str(out), splits=tuple(splits), dev_split=dev_split,
         steps=steps, epochs=epochs, batch_size=batch_size, batch_seconds=batch_seconds,
@@ -298,7 +304,7 @@ def resolve_settings(
     )
 
 
-_MAX_BATCH_SECONDS = 100_000.0
+_MAX_BATCH_SECONDS = MAX_BATCH_SECONDS
 """Largest --batch-seconds / --max-seconds accepted (27 hours of audio in one micro-batch)."""
 _MAX_SEED = 2**32 - 1  # numpy's seeds
 
@@ -418,6 +424,7 @@ def run_distill(
                                       "--config": Path(s.config) if Path(s.config).exists() else None,
                                       "--online-teacher": Path(s.online_teacher) if s.online_teacher else None},
                         "distill")
+        check_out_not_inside_lake(Path(s.out), Path(s.cache), "--cache", "distill")
         # no writer changes the targets under the run; no second distill writes the run
         with LakeReadLease(s.cache), (run_state.RunLock(s.out) if dist.is_main else contextlib.nullcontext()):
             return _run(s, fit, dist, dev, resume, progress and dist.is_main, stop_after, trace_dir)

@@ -98,6 +98,8 @@ def evaluate_run(
     dev = check_device(device)
     if not (batch_size is None or batch_size >= 1):
         raise FhbError(f"--batch-size {batch_size}: expected >= 1; fix the value")
+    if max_batches is not None and max_batches < 1:
+        raise FhbError(f"--max-batches {max_batches}: expected >= 1 (or unset: the whole split); fix the value")
     found = load_run_student(run, step, checkpoint)
     model, fit = found.model, found.config
     if model.is_inference:

@@ -42,6 +42,8 @@ from fhb.pipeline.lake_teacher import store_teacher
 from fhb.pipeline.precision import check_device, check_precision, check_precision_name
 from fhb.pipeline.teacher import Teacher, TeacherSpec, load_teacher, read_teacher_spec
 from fhb.stages.codec_fit import FIT_SECONDS, collect_sample, fitted_layout, resumable_codecs
+from fhb.stages.option_limits import (MAX_BATCH_SECONDS, MAX_HOURS, MAX_PROCESSES, MAX_THREADS, check_fit_seconds,
+                                      check_int, check_positive_float)
 from fhb.stages.shard_plan import ORDERS, ShardJob, plan_shards
 from fhb.storage import LakeMeta, LakeWriter, ShardWriter, SplitInfo, TeacherMeta
 from fhb.storage.lake_writer import Planned, overwrite_target, replacing_lake
@@ -232,6 +234,8 @@ def _check_run_options(workers: int | None, threads: int | None, device: str, pr
         raise FhbError(f"--workers {workers}: expected 0 (run in-process) or more worker processes")
     if threads is not None and threads < 0:
         raise FhbError(f"--threads {threads}: expected a positive number of torch threads per worker")
+    check_int("--workers", workers, 0, MAX_PROCESSES)
+    check_int("--threads", threads, 0, MAX_THREADS)
     check_precision_name(precision)
     # a remote cluster's workers may have GPUs this host lacks
     dev = check_device(device, present=scheduler is None)
@@ -299,11 +303,14 @@ def run_extract(
         raise FhbError(f"--on-bad-audio {on_bad_audio!r}: expected one of {', '.join(BAD_AUDIO_POLICIES)}")
     if not (0 < shard_hours < math.inf and 0 < batch_seconds < math.inf):  # NaN fails too
         raise FhbError(f"--shard-hours and --batch-seconds must be positive numbers; found {shard_hours}, {batch_seconds}")
+    check_positive_float("--shard-hours", shard_hours, MAX_HOURS)
+    check_positive_float("--batch-seconds", batch_seconds, MAX_BATCH_SECONDS)
     _check_run_options(workers, threads, device, precision, scheduler)
     dtype = resolve_codec(dtype)
     fitted_kind = dtype if dtype in FITTED_DTYPES else None
     if fitted_kind is not None:
         check_budget(codec_error)
+        check_fit_seconds(fit_seconds)
         if cnn_features:
             raise FhbError(f"--codec {dtype} with --cnn-features: expected CNN features in a float16/bfloat16/int8/"
                            f"float32 lake only (fitted codecs encode the layers); drop one of the two")

@@ -16,14 +16,22 @@ from fhb.pipeline.corpus import scan_librispeech
 from fhb.pipeline.logging_setup import console
 from fhb.pipeline.ctc_layout import CTC_ARCHS, save_random_ctc_checkpoint
 from fhb.pipeline.teacher import ARCHS, load_teacher, save_random_checkpoint
+from fhb.stages.option_limits import check_int, check_seed
+from fhb.stages.out_paths import check_new_file
 
 log = logging.getLogger(__name__)
 
 
-def write_random_teacher(out: Path, arch: str, seed: int) -> Path:
-    """Write a random-weight teacher of preset ``arch`` to ``out`` (fairseq layout)."""
+def write_random_teacher(out: Path, arch: str, seed: int, *, replace: bool = False) -> Path:
+    """Write a random-weight teacher of preset ``arch`` to ``out`` (fairseq layout).
+
+    An existing ``out`` is replaced only with ``replace`` (the demo's own teacher): ``fhb
+    random-teacher --out`` never overwrites a file it did not write (it may be a real teacher).
+    """
     if arch not in ARCHS and arch not in CTC_ARCHS:
         raise FhbError(f"--arch {arch!r} is not a teacher preset; choose one of {', '.join(sorted([*ARCHS, *CTC_ARCHS]))}")
+    check_seed(seed)
+    check_new_file(Path(out), "random-teacher", replace=replace)
     path = save_random_ctc_checkpoint(out, arch, seed) if arch in CTC_ARCHS else save_random_checkpoint(out, arch, seed)
     log.info("wrote random %s teacher to %s (%.1f MB)", arch, path, path.stat().st_size / 1e6)
     return path
@@ -48,6 +56,7 @@ def describe_teacher(path: Path, libri_root: Path | None, split: str, limit: int
     console.print(table)
     if libri_root is None:
         return
+    check_int("--limit", limit, 1, 10**9)
     manifest = scan_librispeech(libri_root, [split])
     utts = manifest.utterances[:limit]
     wavs = [teacher.prepare(torch.from_numpy(load_audio(u.path))) for u in utts]

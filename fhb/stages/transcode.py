@@ -19,7 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from fhb.errors import FhbError
+from fhb.files import check_out_apart
 from fhb.stages.codec_fit import FIT_SECONDS, collect_sample, fitted_layout, resumable_codecs
+from fhb.stages.option_limits import check_fit_seconds, check_seed
+from fhb.stages.out_paths import check_out_not_inside_lake
 from fhb.storage import LakeMeta, LakeWriter, SplitInfo, TargetCodec, open_lake
 from fhb.storage.codecs import FITTED_DTYPES
 from fhb.storage.fitted import DEFAULT_ERROR_BUDGET, FittedCodec, check_budget, resolve_codec, with_fitted
@@ -83,6 +86,10 @@ def run_transcode(source: Path, out: Path, codec: str, *, codec_error: float = D
     src_root = local_lake_dir(source)
     if Path(out).resolve() == src_root.resolve():
         raise FhbError(f"--out {out}: expected a new lake path, found the source lake itself; pass another --out")
+    check_out_apart(Path(out), {"LAKE": src_root}, "transcode")
+    check_out_not_inside_lake(Path(out), src_root, "LAKE", "transcode")
+    check_seed(seed)
+    check_fit_seconds(fit_seconds)
     src = open_lake(src_root)
     if dtype in FITTED_DTYPES:
         check_budget(codec_error)

@@ -237,7 +237,13 @@ def _verify_chunks(adir: Path, arr: zarr.Array, sa: ShardAttrs, name: str, where
             out.append(Finding("error", f"{where} chunk {i}", f"chunk file {key} is missing; "
                                f"re-extract the shard"))
             continue
-        problem = sa.chunk_problem(name, i, (adir / key).read_bytes()) if sa.verifiable else None
+        try:
+            stored = (adir / key).read_bytes() if sa.verifiable else None
+        except OSError as e:  # unreadable (permissions, I/O error): a finding, the others still checked
+            out.append(Finding("error", f"{where} chunk {i}", f"chunk file {key} is unreadable "
+                               f"({e.strerror or type(e).__name__}); fix its permissions or re-extract the shard"))
+            continue
+        problem = sa.chunk_problem(name, i, stored) if stored is not None else None
         if problem:
             out.append(Finding("error", f"{where} chunk {i}", f"chunk {key}: {problem}; re-extract the shard"))
             continue

@@ -647,6 +647,9 @@ class LakeMeta:
 
 
 def _require_keys(d: Mapping[str, Any], keys: Sequence[str], where: str) -> None:
+    if not isinstance(d, Mapping):
+        raise FhbError(f"{where}: expected a mapping with keys {list(keys)}, found {type(d).__name__} ({d!r:.80}); "
+                       "the metadata is damaged: re-run `fhb extract` into a new lake")
     missing = [k for k in keys if k not in d]
     if missing:
         raise FhbError(
@@ -948,7 +951,7 @@ class ShardAttrs:
                     f"re-extract it"
                 )
         version = info.get("format_version", LEGACY_SHARD_FORMAT)
-        if version not in _CHECKSUM_KIND:
+        if not isinstance(version, int) or isinstance(version, bool) or version not in _CHECKSUM_KIND:
             fix = "upgrade fhb" if isinstance(version, int) and version > SHARD_FORMAT_VERSION else "re-extract it"
             raise FhbError(f"{where}: expected shard format_version in {sorted(_CHECKSUM_KIND)}, found "
                            f"{version!r}; {fix}")
@@ -959,17 +962,21 @@ class ShardAttrs:
                 f"{where}: expected checksums {'/'.join(_CHECKSUM_KIND[version])} (shard format {version}), "
                 f"found {kind[0]!r}/{kind[1]!r}; the shard is damaged: run `fhb verify` and re-extract it"
             )
-        parsed = cls(
-            committed=is_committed(attrs),
-            split=str(info["split"]),
-            name=str(info["name"]),
-            index=ShardIndex.from_dict(info["index"], where),
-            skipped=tuple(dict(s) for s in info["skipped"]),
-            checksums={k: [int(c) for c in v] for k, v in sums["arrays"].items()},
-            written=dict(info.get("written") or {}),
-            format_version=version,
-            metadata_checksums={k: int(v) for k, v in (sums.get("metadata") or {}).items()},
-        )
+        try:
+            parsed = cls(
+                committed=is_committed(attrs),
+                split=_text(info["split"]),
+                name=_text(info["name"]),
+                index=ShardIndex.from_dict(info["index"], where),
+                skipped=tuple(dict(s) for s in info["skipped"]),
+                checksums={str(k): [int(c) for c in v] for k, v in sums["arrays"].items()},
+                written=dict(info.get("written") or {}),
+                format_version=version,
+                metadata_checksums={str(k): int(v) for k, v in (sums.get("metadata") or {}).items()},
+            )
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+            raise FhbError(f"{where}: expected the attributes of an fhb shard, found a value of the wrong type or "
+                           f"shape ({type(exc).__name__}: {exc}); the shard is damaged: re-extract it") from None
         if parsed.verifiable:
             got = index_checksum(parsed.split, parsed.name, parsed.index)
             if sums.get("index") != got:
@@ -983,6 +990,13 @@ class ShardAttrs:
 
 def _nbytes(data: bytes | memoryview | np.ndarray) -> int:
     return data.nbytes if isinstance(data, (np.ndarray, memoryview)) else len(data)
+
+
+def _text(value: object) -> str:
+    """A string attribute (TypeError otherwise: `ShardAttrs.from_attrs` reports it)."""
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, found {value!r}")
+    return value
 
 
 def writing_attrs() -> dict[str, Any]:

@@ -63,6 +63,10 @@ MAX_STUDENT_PARAMETERS = 2_000_000_000
 """Largest student a config may ask for (8 GB of fp32 weights; FitHuBERT has 22 M)."""
 
 
+_MAX_WEIGHT = 1e6
+"""Largest loss weight or gradient multiplier (larger ones only overflow the loss to inf)."""
+
+
 def _error(source: str, key: str, expected: str, found: Any, fix: str) -> FhbError:
     """An FhbError naming the key, what was expected, what was found and the fix."""
     return FhbError(f"{source}: {key}: expected {expected}, found {found!r}; {fix}")
@@ -269,7 +273,8 @@ class StudentConfig:
             raise _error(source, "distiller", f"a student of at most {MAX_STUDENT_PARAMETERS:.0e} parameters",
                          f"about {parameters:.2e} parameters (encoder_layers={self.encoder_layers}, "
                          f"encoder_embed_dim={self.encoder_embed_dim}, encoder_ffn_embed_dim="
-                         f"{self.encoder_ffn_embed_dim}, conv_pos={self.conv_pos})",
+                         f"{self.encoder_ffn_embed_dim}, conv_pos={self.conv_pos}, pred_head_inter_dim="
+                         f"{self.pred_head_inter_dim})",
                          "see fhb/configs/fithubert.yaml for working sizes")
         if self.encoder_embed_dim % self.encoder_attention_heads:
             raise _error(source, "distiller.encoder_attention_heads",
@@ -283,8 +288,12 @@ class StudentConfig:
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise _error(source, f"distiller.{key}", "a probability in [0, 1]", getattr(self, key),
                              "fix the value")
-        if self.feature_grad_mult < 0:
-            raise _error(source, "distiller.feature_grad_mult", "a number >= 0", self.feature_grad_mult,
+        if self.crop_seq_to_multiple > 1000:
+            raise _error(source, "distiller.crop_seq_to_multiple", "at most 1000 CNN frames (20 s)",
+                         self.crop_seq_to_multiple, "the published value is 1")
+        if not 0 <= self.feature_grad_mult <= _MAX_WEIGHT:  # NaN fails too
+            raise _error(source, "distiller.feature_grad_mult", f"a number >= 0 and <= {_MAX_WEIGHT:g}",
+                         self.feature_grad_mult,
                          "0 freezes the conv stack, 1 trains it normally")
         if self.pred_head_inter_dim < 0:
             raise _error(source, "distiller.pred_head_inter_dim", "an int >= 0 (0: encoder_embed_dim)",
@@ -314,7 +323,11 @@ class StudentConfig:
         if self.layer_type == "conformer":  # two feed-forward halves and the convolution module
             encoder = layers * (7 * d * d + 4 * d * f + d * self.depthwise_conv_kernel_size)
         positional = d * (d // max(self.conv_pos_groups, 1)) * self.conv_pos
-        heads = (layers if self.layerwise_proj else 1) * d * self.pred_head_final_dim
+        if self.layerwise_proj:
+            heads = layers * d * self.pred_head_final_dim
+        else:  # the split head: d -> inter x n -> n x final
+            inter, n = self.pred_head_inter_dim or d, max(len(self.pred_layer_id), 1)
+            heads = d * inter * n + inter * n * self.pred_head_final_dim
         reduction = d * d * self.tr_reduce_factor if self.enable_tr_layer else 0
         if self.enable_tr_layer and self.tr_layer_type == "fc2":
             reduction += (d * self.tr_reduce_factor) ** 2
@@ -451,8 +464,9 @@ class LossConfig:
             raise _error(source, "train.rec_loss_type", "'mse' or 'l1'", self.rec_loss_type,
                          "set rec_loss_type: mse")
         for key in ("rec_loss_weight", "sim_loss_weight", "cnn_loss_weight", "random_layer_weight"):
-            if getattr(self, key) < 0:
-                raise _error(source, f"train.{key}", "a weight >= 0", getattr(self, key), "fix the value")
+            if not 0 <= getattr(self, key) <= _MAX_WEIGHT:  # NaN fails too
+                raise _error(source, f"train.{key}", f"a weight >= 0 and <= {_MAX_WEIGHT:g}", getattr(self, key),
+                             "fix the value")
         for key in ("attn_loss_weight", "v_rel_loss_weight"):
             if getattr(self, key) < 0:
                 raise _error(source, f"train.{key}", "a weight >= 0", getattr(self, key), "fix the value")

@@ -265,6 +265,7 @@ class DistillLoss:
 
         Raises:
             FhbError: a required target is missing or shorter than the prediction.
+            ValueError: API misuse: an inference-layout student, no targets, or targets of the wrong layout.
         """
         zero = out.cnn_features.new_zeros((), dtype=torch.float32)
         rec = sim = cnn = zero
@@ -273,12 +274,12 @@ class DistillLoss:
         pairs = self.pairs()
         if pairs:
             if not out.projections:
-                raise FhbError(
+                raise ValueError(  # API misuse: callers score training students only
                     "the student has no prediction heads (inference layout); expected a training "
                     "student; build it with build_student or load a training checkpoint"
                 )
             if targets is None:
-                raise FhbError("expected teacher layers for the reconstruction loss, found None")
+                raise ValueError("expected teacher layers for the reconstruction loss, found None")
             rec_terms, sim_terms = [], []
             for pair in pairs:
                 pred = out.projections[pair.head].float()  # fp32 loss, as autocast runs mse_loss
@@ -368,7 +369,7 @@ class DistillLoss:
         n = self.num_teacher_layers
         if isinstance(targets, torch.Tensor):
             if targets.ndim != 4 or targets.shape[1] != n:
-                raise FhbError(
+                raise ValueError(
                     f"teacher targets: expected B x {n} x T x D (every teacher layer), found "
                     f"{list(targets.shape)}; pass a mapping {{layer: B x T x D}} for a subset"
                 )
@@ -382,7 +383,7 @@ class DistillLoss:
             target = targets[layer]
         else:
             if len(targets) != n:
-                raise FhbError(
+                raise ValueError(
                     f"teacher targets: expected a list of all {n} teacher layers, found {len(targets)}; "
                     "pass a mapping {layer: B x T x D} for a subset"
                 )

@@ -111,8 +111,15 @@ class OptimConfig:
                 f"optimizer.warmup_proportion: expected a value in [0, 1), found {cfg.warmup_proportion}; "
                 f"use e.g. 0.05"
             )
-        if cfg.lr <= 0:
-            raise FhbError(f"optimizer.lr: expected > 0, found {cfg.lr}")
+        if not 0 < cfg.lr <= 1e3:  # NaN fails too
+            raise FhbError(f"optimizer.lr: expected > 0 and <= 1000, found {cfg.lr}; fix the value")
+        if not all(0.0 <= b < 1.0 for b in cfg.betas):
+            raise FhbError(f"optimizer.betas: expected two numbers in [0, 1), found {list(cfg.betas)}; use [0.9, 0.98]")
+        if not 0.0 < cfg.eps <= 1.0:
+            raise FhbError(f"optimizer.eps: expected a number > 0 and <= 1, found {cfg.eps}; use 1.e-6")
+        if not 0.0 <= cfg.yaml_weight_decay <= 1e3:
+            raise FhbError(f"optimizer.weight_decay: expected a number >= 0 and <= 1000, found "
+                           f"{cfg.yaml_weight_decay}; fix the value")
         if impl not in ("s3prl", "torch"):
             raise FhbError(f"--optimizer-impl: expected s3prl or torch, found {impl!r}; pass one of them")
         return dataclasses.replace(cfg, impl=impl)  # type: ignore[arg-type]

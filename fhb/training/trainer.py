@@ -65,6 +65,10 @@ __all__ = ["FitResult", "Schedule", "StepResult", "StepTimer", "TrainConfig", "T
 logger = logging.getLogger(__name__)
 
 
+_MAX_COUNT = 10**9
+"""Largest count a ``train:`` key may hold (epochs, batch size, GPUs, patience): more only exhausts the machine."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """The yaml ``train:`` keys the trainer reads (defaults: the values used when a key is absent).
@@ -108,8 +112,9 @@ class TrainConfig:
                 values[f.name] = raw
                 continue
             ok = isinstance(raw, int) and not isinstance(raw, bool) or isinstance(raw, float) and raw.is_integer()
-            if not ok or int(raw) < 1:
-                raise FhbError(f"{source}: train.{f.name}: expected an integer >= 1, found {raw!r}; fix the value")
+            if not ok or not 1 <= int(raw) <= _MAX_COUNT:
+                raise FhbError(f"{source}: train.{f.name}: expected an integer >= 1 (at most {_MAX_COUNT}), found "
+                               f"{raw!r}; fix the value")
             values[f.name] = int(raw)
         return cls(**values)
 
