@@ -175,7 +175,9 @@ def transcode(
     codec_error: Annotated[float, typer.Option(help="pca/pq: relative RMS error budget per layer.")] = DEFAULT_CODEC_ERROR,
     fit_seconds: Annotated[float, typer.Option(help="pca/pq: seconds of the first split's audio to fit on.")] = 120.0,
     seed: Annotated[int, typer.Option(help="Seed of the fitting sample.")] = 0,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a lake of another layout at --out.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=(
+        "Start the lake at --out over: the new one is built beside it and swapped in when complete "
+        "(the old one stays readable until then; rerun to continue)."))] = False,
 ) -> None:
     """Re-encode a lake's targets with another codec (no teacher needed); audio, index and teacher are copied."""
     from fhb.stages.transcode import run_transcode

@@ -25,6 +25,7 @@ from fhb.stages.option_limits import check_fit_seconds, check_seed
 from fhb.stages.out_paths import check_out_not_inside_lake
 from fhb.storage import LakeMeta, LakeWriter, SplitInfo, TargetCodec, open_lake
 from fhb.storage.codecs import FITTED_DTYPES
+from fhb.storage.lake_writer import overwrite_target, replacing_lake
 from fhb.storage.fitted import DEFAULT_ERROR_BUDGET, FittedCodec, check_budget, resolve_codec, with_fitted
 from fhb.storage.layout import local_lake_dir
 from fhb.storage.reader import SplitView
@@ -79,9 +80,12 @@ def run_transcode(source: Path, out: Path, codec: str, *, codec_error: float = D
         codec_error: pca/pq: relative RMS error budget per layer, against the source's decoded targets.
         fit_seconds: pca/pq: seconds of the first split's audio the codecs are fitted on (seeded).
         seed: the fitting sample's seed.
-        overwrite: replace a lake of another layout at ``out``.
+        overwrite: start the lake at ``out`` over: the new lake is built beside it
+            (``.LAKE.tmp-partial``) and swapped in when complete, the old one locked and intact
+            until then; rerunning continues an interrupted overwrite (`replacing_lake`).
     """
     started = time.perf_counter()
+    out = Path(out)
     dtype = resolve_codec(codec)
     src_root = local_lake_dir(source)
     if Path(out).resolve() == src_root.resolve():
@@ -99,18 +103,21 @@ def run_transcode(source: Path, out: Path, codec: str, *, codec_error: float = D
     if not any(src.meta.splits[s].shards for s in src.splits):
         raise FhbError(f"lake {src_root}: expected at least one committed shard, found none; extract it first")
     meta = _base_layout(src.meta, dtype)
+    target = overwrite_target(out, overwrite, "fhb transcode")
     fitted: dict[str, FittedCodec] | None = None
     if dtype in FITTED_DTYPES:
-        fitted = None if overwrite else resumable_codecs(Path(out), meta, dtype, codec_error)
+        fitted = resumable_codecs(target, meta, dtype, codec_error)
         if fitted is None:
             first = next(s for s in src.splits if src.meta.splits[s].shards)
             meta, fitted = fitted_layout(meta, dtype, codec_error, _split_sample(src[first], fit_seconds, seed), seed)
         else:
             meta = with_fitted(meta, fitted)
-    summary = TranscodeSummary(source=src_root, lake=Path(out), codec=dtype)
-    with LakeWriter(out, meta, overwrite=overwrite, fitted=fitted) as lake:
+    summary = TranscodeSummary(source=src_root, lake=out, codec=dtype)
+    planned = {split: {shard: src[split].shard(shard).index.utt_ids for shard in src[split].shards}
+               for split in src.splits}
+    with replacing_lake(out, target, meta, planned, "transcode"), LakeWriter(target, meta, fitted=fitted) as lake:
         if src.meta.teacher_weights is not None and lake.stored_teacher() is None:
-            dest = Path(out) / TEACHER_DIR
+            dest = target / TEACHER_DIR
             if dest.exists():
                 shutil.rmtree(dest)
             shutil.copytree(src_root / TEACHER_DIR, dest)

@@ -73,3 +73,35 @@ def test_cli_inspect_json_distill_and_evaluate_json(source: Path, tmp_path: Path
     ev = json.loads(_cli("evaluate", str(run), "--cache", str(source), "--split", DEV, "--json", "--any-encoding"))
     assert set(ev["per_layer"]) == {"layer_01", "layer_02", "layer_03"}
     assert ev["validation_loss"] == ev["dev_loss"] and math.isfinite(ev["validation_loss"])
+
+
+def test_transcode_overwrite_builds_beside_and_keeps_the_old_lake_on_failure(
+        source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fhb.storage.writer import ShardWriter
+
+    out = tmp_path / "lake2"
+    run_transcode(source, out, "int8")
+    before = {u: open_lake(out)[TRAIN].targets(u) for u in open_lake(out)[TRAIN]}
+    commit, calls = ShardWriter.commit, []
+
+    def failing_commit(self: ShardWriter) -> None:
+        calls.append(self)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        commit(self)
+
+    monkeypatch.setattr(ShardWriter, "commit", failing_commit)
+    with pytest.raises(OSError):
+        run_transcode(source, out, "float32", overwrite=True)
+    old = open_lake(out)  # the old lake, intact and readable; the partial new one waits beside it
+    assert old.meta.dtype == "int8" and all(np.array_equal(old[TRAIN].targets(u), t) for u, t in before.items())
+    assert (tmp_path / ".lake2.tmp-partial").is_dir()
+    monkeypatch.setattr(ShardWriter, "commit", commit)
+    again = run_transcode(source, out, "float32", overwrite=True)  # continues the partial lake
+    assert again.shards_resumed == 1 and open_lake(out).meta.dtype == "float32"
+    assert not (tmp_path / ".lake2.tmp-partial").exists()
+    assert [f for f in verify_lake(out) if f.severity == "error"] == []
+    (out / "notes.txt").write_text("mine")  # a user's file: the overwrite is refused, nothing deleted
+    with pytest.raises(FhbError, match="notes.txt"):
+        run_transcode(source, out, "int8", overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine" and open_lake(out).meta.dtype == "float32"
