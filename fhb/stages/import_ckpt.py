@@ -98,7 +98,15 @@ def check_imported_out(out: Path, inputs: dict[str, Path | None], command: str) 
     from fhb.files import check_out_apart, check_replaceable
 
     check_out_apart(out, inputs, command)
-    check_replaceable(out, command, _RUN_LAYOUT)
+    check_replaceable(out, command, foreign=_foreign_run_entries)
+
+
+def _foreign_run_entries(run_dir: Path) -> list[str]:
+    """Entries of a run directory fhb did not write (`fhb.files.foreign_entries`; its lock is fhb's)."""
+    from fhb.files import foreign_entries
+    from fhb.locks import LOCK_FILE
+
+    return [name for name in foreign_entries(run_dir, _RUN_LAYOUT) if name != LOCK_FILE]
 
 
 def write_imported_run(
@@ -119,16 +127,25 @@ def write_imported_run(
     Returns:
         ``out``.
     """
+    import contextlib
+
     import yaml
 
-    from fhb.files import atomic_write_text, build_beside
+    from fhb.files import atomic_write_text, build_beside, write_manifest
     from fhb.student.checkpoint import save_student
     from fhb.training import run_state
 
-    with build_beside(out, "import", _RUN_LAYOUT) as tmp:
-        resolved = {**config.to_dict(), "fhb_import": record}
-        atomic_write_text(tmp / run_state.CONFIG, yaml.safe_dump(resolved, sort_keys=False))
-        save_student(model, config, tmp / run_state.STUDENT, epoch=epoch, step=step, teacher=None,
-                     extra={"imported_from": record["source"], "source_sha256": record["sha256"]})
-        run_state.append_metrics(tmp, {"kind": "import", "step": step, **record})
+    # an existing run is locked while it is replaced: a distill writing it refuses this (and the
+    # lock of a killed one is taken over), as a second distill would be
+    lock = run_state.RunLock(out) if out.is_dir() and not out.is_symlink() else None
+    with lock if lock is not None else contextlib.nullcontext():
+        with build_beside(out, "import", foreign=_foreign_run_entries) as tmp:
+            resolved = {**config.to_dict(), "fhb_import": record}
+            atomic_write_text(tmp / run_state.CONFIG, yaml.safe_dump(resolved, sort_keys=False))
+            save_student(model, config, tmp / run_state.STUDENT, epoch=epoch, step=step, teacher=None,
+                         extra={"imported_from": record["source"], "source_sha256": record["sha256"]})
+            run_state.append_metrics(tmp, {"kind": "import", "step": step, **record})
+            write_manifest(tmp, "import")
+        if lock is not None:
+            lock.forget()  # the old run, with its lock file, was swapped out and deleted
     return out

@@ -275,3 +275,19 @@ def test_refused_distill_leaves_no_run_directory(tiny_teacher_path: Path, libri_
     run = tmp_path / "runs" / "new"
     assert_user_error(cli(*small_distill_args(lake, run)), "missing [2]")
     assert not run.exists() and not run.parent.exists()
+
+
+def test_import_checkpoint_overwrite_takes_the_runs_lock(small_run: Path, tmp_path: Path, cli: Any) -> None:
+    source, run = small_run / "student.pt", tmp_path / "imported"
+    assert cli("import-checkpoint", source, "--out", run).code == 0
+    before = (run / "student.pt").read_bytes()
+    (run / ".fhb.lock").write_text(_record(os.getpid(), hostname="node-17", command="fhb distill ..."))
+    line = assert_user_error(cli("import-checkpoint", source, "--out", run, "--overwrite"),
+                             f"run directory {run} is locked by pid {os.getpid()} on host node-17")
+    assert "taking over" not in line and (run / "student.pt").read_bytes() == before
+    (run / ".fhb.lock").write_text(_record(_dead_pid(), command="fhb distill ..."))  # a killed distill
+    result = cli("import-checkpoint", source, "--out", run, "--overwrite")
+    assert result.code == 0, result.stderr[-3000:]
+    assert "taking over the lock" in " ".join((result.stderr + result.stdout).split())
+    assert not (run / ".fhb.lock").exists() and (run / "student.pt").is_file()
+    assert not list(tmp_path.glob(".imported.*"))  # nothing left beside it
