@@ -22,7 +22,7 @@ from fhb.errors import FhbError
 from fhb.stages.codec_fit import FIT_SECONDS, collect_sample, fitted_layout, resumable_codecs
 from fhb.storage import LakeMeta, LakeWriter, SplitInfo, TargetCodec, open_lake
 from fhb.storage.codecs import FITTED_DTYPES
-from fhb.storage.fitted import DEFAULT_ERROR_BUDGET, FittedCodec, check_budget, resolve_codec, with_fitted
+from fhb.storage.fitted import FittedCodec, check_budget, resolve_budget, resolve_codec, with_fitted
 from fhb.storage.layout import local_lake_dir
 from fhb.storage.reader import SplitView
 from fhb.storage.schema import TEACHER_DIR
@@ -65,7 +65,7 @@ def _split_sample(view: SplitView, seconds: float, seed: int) -> dict[str, np.nd
     return collect_sample([view.num_samples(u) for u in ids], targets_of, seconds, seed, view.meta.sample_rate)
 
 
-def run_transcode(source: Path, out: Path, codec: str, *, codec_error: float = DEFAULT_ERROR_BUDGET,
+def run_transcode(source: Path, out: Path, codec: str, *, codec_error: float | None = None,
                   fit_seconds: float = FIT_SECONDS, seed: int = 0, overwrite: bool = False) -> TranscodeSummary:
     """Write the lake ``out``: ``source``'s splits, shards, audio and teacher, targets re-encoded with ``codec``.
 
@@ -73,12 +73,14 @@ def run_transcode(source: Path, out: Path, codec: str, *, codec_error: float = D
         source: the lake to read (not modified).
         out: the new lake (created, or reopened to resume).
         codec: a ``--codec`` name (`fhb.storage.fitted.CODEC_NAMES`).
-        codec_error: pca/pq: relative RMS error budget per layer, against the source's decoded targets.
+        codec_error: pca/pq/klt: relative RMS error budget per layer, against the source's decoded targets
+            (None: `fhb.storage.fitted.resolve_budget`).
         fit_seconds: pca/pq: seconds of the first split's audio the codecs are fitted on (seeded).
         seed: the fitting sample's seed.
         overwrite: replace a lake of another layout at ``out``.
     """
     started = time.perf_counter()
+    codec_error = resolve_budget(codec, codec_error)
     dtype = resolve_codec(codec)
     src_root = local_lake_dir(source)
     if Path(out).resolve() == src_root.resolve():

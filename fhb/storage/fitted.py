@@ -325,9 +325,11 @@ def with_fitted(meta: LakeMeta, codecs: Mapping[str, FittedCodec]) -> LakeMeta:
     return replace(meta, dtype=kind, codec=codec, fitted={k: v.spec() for k, v in codecs.items()})
 
 
-COMPACT = "pq"
-"""What ``--codec compact`` means: the best measured point (docs/benchmarks.md, "Target codecs": pq at
-the default budget was smaller and closer to float32 than pca on held-out frames)."""
+COMPACT = "klt"
+"""What ``--codec compact`` means: the codec of the best measured point (docs/benchmarks.md, "Target codecs")."""
+COMPACT_ERROR_BUDGET = 0.1
+"""``--codec compact``'s budget when ``--codec-error`` is not given: the knee of the measured curve
+(docs/benchmarks.md, "Target codecs")."""
 CODEC_NAMES: tuple[str, ...] = ("float16", "bfloat16", "int8", "float32", "pca", "pq", "klt", "compact")
 
 
@@ -337,6 +339,14 @@ def resolve_codec(name: str) -> str:
         raise FhbError(f"--codec {name!r}: expected one of {', '.join(CODEC_NAMES)}; pick one of those "
                        f"(`compact` is the recommended compact codec, float16 the default)")
     return COMPACT if name == "compact" else name
+
+
+def resolve_budget(name: str, budget: float | None) -> float:
+    """The ``--codec-error`` of a ``--codec name`` run: ``budget`` checked (`check_budget`), or when None,
+    `COMPACT_ERROR_BUDGET` for ``compact`` and `DEFAULT_ERROR_BUDGET` for the others."""
+    if budget is None:
+        return COMPACT_ERROR_BUDGET if name == "compact" else DEFAULT_ERROR_BUDGET
+    return check_budget(budget)
 
 
 def check_budget(budget: float) -> float:

@@ -107,3 +107,14 @@ def test_klt_is_a_codec_name_and_bad_budgets_are_one_line() -> None:
         resolve_codec("kl")
     with pytest.raises(FhbError, match="--codec-error 1.5: expected"):
         check_budget(1.5)
+
+
+def test_compact_brings_its_measured_budget_unless_one_is_given() -> None:
+    from fhb.storage.fitted import COMPACT, COMPACT_ERROR_BUDGET, DEFAULT_ERROR_BUDGET, resolve_budget
+
+    assert resolve_codec("compact") == COMPACT
+    assert resolve_budget("compact", None) == COMPACT_ERROR_BUDGET
+    assert resolve_budget("pca", None) == resolve_budget("klt", None) == DEFAULT_ERROR_BUDGET
+    assert resolve_budget("compact", 0.05) == 0.05
+    with pytest.raises(FhbError, match="--codec-error 2: expected"):
+        resolve_budget("compact", 2)
