@@ -54,7 +54,7 @@ PNG = REPO / "docs" / "codecs_pareto.png"
 TRAIN, DEV = "train-clean-100", "dev-clean"
 FRAMES_PER_HOUR = 3600 * 50
 FULL_POINTS = [("float16", None), ("float32", None), ("int8", None), ("pq", 0.1), ("klt", 0.1), ("klt", 0.2),
-               ("klt", 0.3), ("klt", 0.5)]
+               ("klt", 0.3), ("klt", 0.5), ("klt", 0.7), ("klt", 0.9)]
 QUICK_POINTS = [("float16", None), ("int8", None), ("pca", 0.1), ("pq", 0.1), ("klt", 0.3)]
 CROP_SECONDS = 3.0
 
@@ -138,11 +138,11 @@ def pareto_png(rows: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="5 codec points, 8 distill steps")
-    parser.add_argument("--steps", type=int, default=None, help="distill steps per codec (default 8 quick, 160 full)")
+    parser.add_argument("--steps", type=int, default=None, help="distill steps per codec (default 8 quick, 240 full)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: see the module doc)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    steps = args.steps or (8 if args.quick else 160)
+    steps = args.steps or (8 if args.quick else 240)
     points = QUICK_POINTS if args.quick else FULL_POINTS
     from fhb.stages.extract import run_extract
     from fhb.stages.teacher_info import write_random_teacher

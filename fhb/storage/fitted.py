@@ -326,10 +326,14 @@ def with_fitted(meta: LakeMeta, codecs: Mapping[str, FittedCodec]) -> LakeMeta:
 
 
 COMPACT = "klt"
-"""What ``--codec compact`` means: the codec of the best measured point (docs/benchmarks.md, "Target codecs")."""
-COMPACT_ERROR_BUDGET = 0.1
-"""``--codec compact``'s budget when ``--codec-error`` is not given: the knee of the measured curve
-(docs/benchmarks.md, "Target codecs")."""
+"""What ``--codec compact`` means: the codec of the best measured point (docs/benchmarks.md, "Target
+codecs": klt was smaller than pca and pq at every error measured)."""
+COMPACT_ERROR_BUDGET = 0.3
+"""``--codec compact``'s budget when ``--codec-error`` is not given. docs/benchmarks.md, "Target codecs":
+klt@0.3 is 82 B/frame/layer with the student's dev loss +0.06 % of the float16-trained one, the
+point that meets the issue's goal (<= 100 B within 1 %) with the least target error; coarser
+budgets (0.5: 24 B) also stayed within 1 % there, but only for a small, briefly trained student on a
+random-weight teacher, so compact keeps the margin."""
 CODEC_NAMES: tuple[str, ...] = ("float16", "bfloat16", "int8", "float32", "pca", "pq", "klt", "compact")
 
 
