@@ -1,26 +1,31 @@
 """Target codecs: bytes per frame vs the student's quality (issue 14), side by side in one run.
 
-    python benchmarks/codecs.py [--quick] [--steps N]
+    python benchmarks/codecs.py [--quick] [--steps N] [--threads N]
 
 HuBERT-Base-shaped random teacher (``fhb random-teacher --arch hubert-base``) on the real-speech
 fixture (tests/data/mini-librispeech: 7 train, 3 dev utterances, both splits), every layer:
 
 1. a float32 lake (the reference) by ``fhb extract``; every other lake by ``fhb transcode`` from
-   it (float16, int8, and pca / pq at several error budgets, fitted on the whole train split);
+   it (float32 itself: the noise floor of the student comparison, float16, int8, and pq / klt at
+   several error budgets, fitted on the whole train split);
 2. per lake and layer: bytes per frame (targets only, `summarize_lake`) and the relative RMS
    error of the dev split (held out from the fit) against the float32 lake;
-3. the same ``fhb distill`` run (published FitHuBERT config, same seed, batches and steps) from
-   each lake, evaluated against the float32 dev split: per-layer loss and validation loss, and
-   the increase over the float16-trained student;
+3. the same ``fhb distill`` run from each lake (a small FitHuBERT-shaped student,
+   benchmarks/codecs_student.yaml: the published layout, 12 layers of width 96 with 12 heads to
+   the teacher's 768; same seed, batches, 3 s crops and steps), evaluated against the float32 dev
+   split: per-layer loss and validation loss, and the increase over the float16-trained student.
+   The same run stopped after 1 update is evaluated too, to show how far training moved the loss;
 4. loader throughput (utterance-seconds per second, one epoch of the train split, all 12
    layers, in-process) with the decode on the step's device (here the CPU: an upper bound of
    what a GPU pays) timed separately, and the median step time of the distill runs.
 
 Writes the "Target codecs" section of docs/benchmarks.md and docs/codecs_pareto.png. The fixture
 is tiny (~21 s of train audio): the fitted codecs see ~1000 frames, so pq's 256 centroids per
-sub-space nearly memorise them (the dev error is the honest figure), and the student's loss
-differences after a few dozen steps are small and noisy: read the figures as a method and an
-order of magnitude, and rerun this on real data before trusting a codec at scale.
+sub-space nearly memorise them (the dev error is the honest figure), and the student overfits
+seven utterances: read the figures as a method and an order of magnitude (the float32 row gives
+the noise floor), and rerun this on real data before trusting a codec at scale. ``--threads``
+defaults to 1: on a shared, loaded machine torch's default threads contend and a step gets
+tens of times slower.
 """
 
 from __future__ import annotations
@@ -43,14 +48,15 @@ os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
 from benchmarks.common import emit, machine, record  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIG = REPO / "fhb" / "configs" / "fithubert.yaml"
+CONFIG = REPO / "benchmarks" / "codecs_student.yaml"
 FIXTURE = REPO / "tests" / "data" / "mini-librispeech"
 PNG = REPO / "docs" / "codecs_pareto.png"
 TRAIN, DEV = "train-clean-100", "dev-clean"
 FRAMES_PER_HOUR = 3600 * 50
-FULL_POINTS = [("float16", None), ("int8", None), ("pca", 0.2), ("pca", 0.1), ("pca", 0.05), ("pca", 0.02),
-               ("pq", 0.2), ("pq", 0.1), ("pq", 0.05)]
-QUICK_POINTS = [("float16", None), ("int8", None), ("pca", 0.1), ("pca", 0.03), ("pq", 0.1)]
+FULL_POINTS = [("float16", None), ("float32", None), ("int8", None), ("pq", 0.1), ("klt", 0.1), ("klt", 0.2),
+               ("klt", 0.3), ("klt", 0.5), ("klt", 0.7), ("klt", 0.9)]
+QUICK_POINTS = [("float16", None), ("int8", None), ("pca", 0.1), ("pq", 0.1), ("klt", 0.3)]
+CROP_SECONDS = 3.0
 
 
 def label(codec: str, budget: float | None) -> str:
@@ -89,6 +95,17 @@ def loader_figures(lake: Path, repeats: int) -> tuple[float, float]:
     return audio_s / seconds, statistics.median(decode) if decode else 0.0
 
 
+def distill_and_evaluate(lake: Path, run: Path, ref: Path, steps: int) -> dict:
+    """The benchmark's ``fhb distill`` run from ``lake`` (no dev evaluation while training), then
+    ``fhb evaluate --json --any-encoding`` of its student on the float32 lake's dev split."""
+    from fhb.stages.distill import run_distill
+    from fhb.stages.evaluate import evaluate_run
+
+    run_distill(lake, CONFIG, run, splits=[TRAIN], dev_split="none", steps=steps, batch_size=2, accumulate=1,
+                max_seconds=CROP_SECONDS, workers=0, seed=0, log_every=1, progress=False, eval_every=None)
+    return evaluate_run(run, ref, DEV, batch_size=2, any_encoding=True)
+
+
 def median_step_seconds(run_dir: Path) -> float:
     recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     times = [1.0 / r["steps_per_s"] for r in recs if r.get("kind") == "train" and r["step"] > 1]
@@ -103,7 +120,7 @@ def pareto_png(rows: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for r in rows:
-        colour = {"pca": "tab:blue", "pq": "tab:orange"}.get(r["codec"], "tab:gray")
+        colour = {"pca": "tab:blue", "pq": "tab:orange", "klt": "tab:purple"}.get(r["codec"], "tab:gray")
         ax.scatter(r["bytes_per_frame_per_layer"], r["dev_loss_increase_pct"], color=colour)
         ax.annotate(r["label"], (r["bytes_per_frame_per_layer"], r["dev_loss_increase_pct"]), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")
@@ -121,12 +138,12 @@ def pareto_png(rows: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="5 codec points, 8 distill steps")
-    parser.add_argument("--steps", type=int, default=None, help="distill steps per codec (default 8 quick, 30 full)")
+    parser.add_argument("--steps", type=int, default=None, help="distill steps per codec (default 8 quick, 240 full)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: see the module doc)")
     args = parser.parse_args()
-    steps = args.steps or (8 if args.quick else 30)
+    torch.set_num_threads(args.threads)
+    steps = args.steps or (8 if args.quick else 240)
     points = QUICK_POINTS if args.quick else FULL_POINTS
-    from fhb.stages.distill import run_distill
-    from fhb.stages.evaluate import evaluate_run
     from fhb.stages.extract import run_extract
     from fhb.stages.teacher_info import write_random_teacher
     from fhb.stages.transcode import run_transcode
@@ -134,6 +151,7 @@ def main() -> None:
 
     started = time.perf_counter()
     rows: list[dict] = []
+    untrained = float("nan")
     with tempfile.TemporaryDirectory(prefix="fhb-codecs-") as tmp:
         tmp_p = Path(tmp)
         ckpt = tmp_p / "hubert-base-random.pt"
@@ -150,9 +168,9 @@ def main() -> None:
             errors = dev_errors(lake, ref)
             throughput, decode_s = loader_figures(lake, repeats=1 if args.quick else 3)
             run = tmp_p / f"run-{lake.name}"
-            run_distill(lake, CONFIG, run, splits=[TRAIN], steps=steps, batch_size=2, accumulate=1, workers=0,
-                        seed=0, log_every=1, progress=False, eval_every=None)
-            ev = evaluate_run(run, ref, DEV, batch_size=2, any_encoding=True)
+            ev = distill_and_evaluate(lake, run, ref, steps)
+            if codec == "float16":
+                untrained = distill_and_evaluate(lake, tmp_p / "run-1-update", ref, 1)["validation_loss"]
             detail = summary.layers_detail
             rows.append({
                 "label": name, "codec": codec, "budget": budget,
@@ -175,8 +193,12 @@ def main() -> None:
     layers = list(base["per_layer"])
     mean_err = lambda r: float(np.mean(list(r["dev_rel_rms"].values())))  # noqa: E731
     lines = [
-        f"`python benchmarks/codecs.py{' --quick' if args.quick else ''}` ({machine()}; {steps} distill steps per "
-        f"codec, batch 2, seed 0, the published FitHuBERT config; {time.perf_counter() - started:.0f} s). "
+        f"`python benchmarks/codecs.py{' --quick' if args.quick else ''}` ({machine()}; {steps} distill updates per "
+        f"codec, batch 2, {CROP_SECONDS:g} s crops, seed 0, a 12-layer width-96 FitHuBERT-shaped student "
+        f"(benchmarks/codecs_student.yaml); {time.perf_counter() - started:.0f} s). The float16-trained student's "
+        f"validation loss went from {untrained:.5g} after 1 update to {base['validation_loss']:.5g}; the float32 row "
+        "(targets within rounding of float16's) shows how much the loss moves when the targets barely change: "
+        "differences smaller than that are noise. "
         "HuBERT-Base-shaped **random-weight** teacher on the 10-utterance real-speech fixture, all 12 layers; "
         "every lake transcoded from one float32 lake; codecs fitted on the train split, errors and losses on the "
         "held-out dev split against the float32 lake. Random-weight activations are not real HuBERT's: the rank / "

@@ -108,10 +108,11 @@ def extract(
     cnn_features: Annotated[bool, typer.Option("--cnn-features", help="Also store post_extract_proj output.")] = False,
     dtype: Annotated[str, typer.Option(help="float16, bfloat16, int8 or float32 (same as --codec).")] = "float16",
     codec: Annotated[Optional[str], typer.Option(help="Target codec: float16 (default), bfloat16, int8, float32, or "
-                                                 "fitted per layer: pca, pq, compact (the recommended compact one).")] = None,
-    codec_error: Annotated[float, typer.Option(help="pca/pq: relative RMS error budget per layer (rank / sub-spaces "
-                                               "are chosen to meet it on the fitting sample).")] = DEFAULT_CODEC_ERROR,
-    fit_seconds: Annotated[float, typer.Option(help="pca/pq: seconds of audio of the first split to fit on.")] = 120.0,
+                                                 "fitted per layer: pca, pq, klt, compact (the recommended compact one).")] = None,
+    codec_error: Annotated[Optional[float], typer.Option(help="pca/pq/klt: relative RMS error budget per layer (rank / "
+                                               "sub-spaces / step are chosen to meet it on the fitting sample); default "
+                                               f"{DEFAULT_CODEC_ERROR}, compact: its measured budget.")] = None,
+    fit_seconds: Annotated[float, typer.Option(help="pca/pq/klt: seconds of audio of the first split to fit on.")] = 120.0,
     shard_hours: Annotated[float, typer.Option(help="Audio per shard (one task each).")] = 1.0,
     batch_seconds: Annotated[float, typer.Option(help="Padded audio per teacher batch.")] = 200.0,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
@@ -171,9 +172,10 @@ def unlock(lake: Annotated[Path, typer.Argument(help="A lake or run directory lo
 def transcode(
     lake: Annotated[Path, typer.Argument(help="The lake to re-encode (read only).")],
     out: Annotated[Path, typer.Option(help="The new lake (rerun to resume).")],
-    codec: Annotated[str, typer.Option(help="float16, bfloat16, int8, float32, pca, pq or compact.")],
-    codec_error: Annotated[float, typer.Option(help="pca/pq: relative RMS error budget per layer.")] = DEFAULT_CODEC_ERROR,
-    fit_seconds: Annotated[float, typer.Option(help="pca/pq: seconds of the first split's audio to fit on.")] = 120.0,
+    codec: Annotated[str, typer.Option(help="float16, bfloat16, int8, float32, pca, pq, klt or compact.")],
+    codec_error: Annotated[Optional[float], typer.Option(help="pca/pq/klt: relative RMS error budget per layer; default "
+                                                         f"{DEFAULT_CODEC_ERROR}, compact: its measured budget.")] = None,
+    fit_seconds: Annotated[float, typer.Option(help="pca/pq/klt: seconds of the first split's audio to fit on.")] = 120.0,
     seed: Annotated[int, typer.Option(help="Seed of the fitting sample.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help=(
         "Start the lake at --out over: the new one is built beside it and swapped in when complete "

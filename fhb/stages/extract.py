@@ -49,7 +49,7 @@ from fhb.storage import LakeMeta, LakeWriter, ShardWriter, SplitInfo, TeacherMet
 from fhb.storage.lake_writer import Planned, overwrite_target, replacing_lake
 from fhb.training.epoch import pack_by_padded_size
 from fhb.storage.codecs import FITTED_DTYPES
-from fhb.storage.fitted import DEFAULT_ERROR_BUDGET, FittedCodec, check_budget, resolve_codec, with_fitted
+from fhb.storage.fitted import FittedCodec, check_budget, resolve_budget, resolve_codec, with_fitted
 from fhb.storage.schema import json_config, layer_array_name
 
 log = logging.getLogger(__name__)
@@ -261,7 +261,7 @@ def run_extract(
     overwrite: bool = False,
     progress: Any = None,
     order: str = "length",
-    codec_error: float = DEFAULT_ERROR_BUDGET,
+    codec_error: float | None = None,
     fit_seconds: float = FIT_SECONDS,
     seed: int = 0,
 ) -> ExtractSummary:
@@ -292,7 +292,8 @@ def run_extract(
         order: storage order of each split's utterances: ``length`` (longest first: neighbouring
             rows have about equal lengths, so training batches pad little and read contiguous
             rows) or ``manifest`` (by id; resumes a lake written before length order existed).
-        codec_error: pca/pq: the relative RMS error budget per layer (``--codec-error``).
+        codec_error: pca/pq/klt: the relative RMS error budget per layer (``--codec-error``; None:
+            `fhb.storage.fitted.resolve_budget`).
         fit_seconds: pca/pq: seconds of the first split's audio (drawn with ``seed``) the codecs are fitted on.
     """
     from fhb.pipeline.cluster import default_workers, dask_client, threads_per_worker
@@ -306,6 +307,7 @@ def run_extract(
     check_positive_float("--shard-hours", shard_hours, MAX_HOURS)
     check_positive_float("--batch-seconds", batch_seconds, MAX_BATCH_SECONDS)
     _check_run_options(workers, threads, device, precision, scheduler)
+    codec_error = resolve_budget(dtype, codec_error)
     dtype = resolve_codec(dtype)
     fitted_kind = dtype if dtype in FITTED_DTYPES else None
     if fitted_kind is not None:

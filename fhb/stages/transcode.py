@@ -25,8 +25,8 @@ from fhb.stages.option_limits import check_fit_seconds, check_seed
 from fhb.stages.out_paths import check_out_not_inside_lake
 from fhb.storage import LakeMeta, LakeWriter, SplitInfo, TargetCodec, open_lake
 from fhb.storage.codecs import FITTED_DTYPES
+from fhb.storage.fitted import FittedCodec, check_budget, resolve_budget, resolve_codec, with_fitted
 from fhb.storage.lake_writer import overwrite_target, replacing_lake
-from fhb.storage.fitted import DEFAULT_ERROR_BUDGET, FittedCodec, check_budget, resolve_codec, with_fitted
 from fhb.storage.layout import local_lake_dir
 from fhb.storage.reader import SplitView
 from fhb.storage.schema import TEACHER_DIR
@@ -69,7 +69,7 @@ def _split_sample(view: SplitView, seconds: float, seed: int) -> dict[str, np.nd
     return collect_sample([view.num_samples(u) for u in ids], targets_of, seconds, seed, view.meta.sample_rate)
 
 
-def run_transcode(source: Path, out: Path, codec: str, *, codec_error: float = DEFAULT_ERROR_BUDGET,
+def run_transcode(source: Path, out: Path, codec: str, *, codec_error: float | None = None,
                   fit_seconds: float = FIT_SECONDS, seed: int = 0, overwrite: bool = False) -> TranscodeSummary:
     """Write the lake ``out``: ``source``'s splits, shards, audio and teacher, targets re-encoded with ``codec``.
 
@@ -77,7 +77,8 @@ def run_transcode(source: Path, out: Path, codec: str, *, codec_error: float = D
         source: the lake to read (not modified).
         out: the new lake (created, or reopened to resume).
         codec: a ``--codec`` name (`fhb.storage.fitted.CODEC_NAMES`).
-        codec_error: pca/pq: relative RMS error budget per layer, against the source's decoded targets.
+        codec_error: pca/pq/klt: relative RMS error budget per layer, against the source's decoded targets
+            (None: `fhb.storage.fitted.resolve_budget`).
         fit_seconds: pca/pq: seconds of the first split's audio the codecs are fitted on (seeded).
         seed: the fitting sample's seed.
         overwrite: start the lake at ``out`` over: the new lake is built beside it
@@ -86,6 +87,7 @@ def run_transcode(source: Path, out: Path, codec: str, *, codec_error: float = D
     """
     started = time.perf_counter()
     out = Path(out)
+    codec_error = resolve_budget(codec, codec_error)
     dtype = resolve_codec(codec)
     src_root = local_lake_dir(source)
     if Path(out).resolve() == src_root.resolve():

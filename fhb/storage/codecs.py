@@ -34,7 +34,7 @@ from fhb.errors import FhbError
 logger = logging.getLogger(__name__)
 
 DTYPES: tuple[str, ...] = ("float16", "bfloat16", "int8", "float32")
-FITTED_DTYPES: tuple[str, ...] = ("pca", "pq")
+FITTED_DTYPES: tuple[str, ...] = ("pca", "pq", "klt")
 """Per-array fitted codecs (`fhb.storage.fitted`): the lake's codec stores only their codes; the
 fitted parameters live in ``LAKE/_codecs/`` (`fhb.storage.schema.FittedSpec`)."""
 
@@ -45,6 +45,7 @@ STORED_DTYPES: dict[str, np.dtype] = {
     "int8": np.dtype(np.int8),
     "pca": np.dtype(np.int8),
     "pq": np.dtype(np.uint8),
+    "klt": np.dtype(np.uint8),
 }
 
 ENCODINGS: dict[str, str] = {
@@ -54,6 +55,7 @@ ENCODINGS: dict[str, str] = {
     "int8": "int8-affine-per-channel-block",
     "pca": "pca-int8-codes",
     "pq": "pq-uint8-codes",
+    "klt": "klt-zigzag-uint8-codes",
 }
 
 SHUFFLES = ("noshuffle", "shuffle", "bitshuffle")
@@ -128,6 +130,9 @@ class TargetCodec:
             chunk_frames=chunk_frames,
             audio_chunk_samples=chunk_frames * samples_per_frame,
             scale_block_frames=block,
+            # klt codes are small zigzagged integers: bit planes of zeros, which bitshuffle exposes
+            # to zstd (measured ~30-40 % fewer bytes than byte shuffle at 1-2 bits per code)
+            shuffle="bitshuffle" if dtype == "klt" else "shuffle",
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -111,9 +111,10 @@ TEACHER_TRASH_PREFIX = f"{TRASH_PREFIX}teacher_"
 # Fitted codecs (pca/pq lakes): LAKE/_codecs/<array>/<param>, recorded in the root as `FittedSpec`.
 CODECS_DIR = "_codecs"
 FITTED_ATTR = "fitted_codecs"
-FITTED_KINDS: dict[str, type] = {"pca": np.int8, "pq": np.uint8}
+FITTED_KINDS: dict[str, type] = {"pca": np.int8, "pq": np.uint8, "klt": np.uint8}
 """Fitted codec kind -> numpy dtype of its stored codes."""
-FITTED_PARAMS: dict[str, tuple[str, ...]] = {"pca": ("basis", "mean", "scale"), "pq": ("centroids", "mean")}
+FITTED_PARAMS: dict[str, tuple[str, ...]] = {"pca": ("basis", "mean", "scale"), "pq": ("centroids", "mean"),
+                                             "klt": ("basis", "mean", "scale")}
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 

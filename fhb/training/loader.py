@@ -25,9 +25,10 @@ float32        ``torch.float32``
 int8           ``torch.float32`` (dequantised ``q * scale + offset``)
 pca            ``torch.int8`` codes ``B x L x T x W``: decode with ``batch.float_targets(device)``
 pq             ``torch.uint8`` codes ``B x L x T x W``: decode with ``batch.float_targets(device)``
+klt            ``torch.uint8`` codes ``B x L x T x W``: decode with ``batch.float_targets(device)``
 =============  ==================
 
-pca/pq lakes (fitted codecs, `fhb.storage.fitted`): the codes are copied into the batch as stored
+pca/pq/klt lakes (fitted codecs, `fhb.storage.fitted`): the codes are copied into the batch as stored
 (no CPU expansion: ``W`` bytes per frame and layer instead of ``2 D``) and ``Batch.decoder`` (a
 `fhb.training.target_decoder.TargetDecoder`, set by the loader) reconstructs the targets on the
 training device (`Batch.float_targets`).
@@ -74,6 +75,7 @@ _TORCH_DTYPES: dict[str, torch.dtype] = {
     "int8": torch.float32,
     "pca": torch.int8,
     "pq": torch.uint8,
+    "klt": torch.uint8,
 }
 
 
@@ -154,7 +156,7 @@ _NP_OF: dict[torch.dtype, np.dtype] = {
     torch.bfloat16: np.dtype(np.uint16),  # bit patterns; viewed back as bfloat16
     torch.float32: np.dtype(np.float32),
     torch.int8: np.dtype(np.int8),  # pca codes
-    torch.uint8: np.dtype(np.uint8),  # pq codes
+    torch.uint8: np.dtype(np.uint8),  # pq / klt codes
 }
 
 

@@ -1,4 +1,4 @@
-"""`TargetDecoder`: reconstructs a pca/pq lake's targets from their codes on the training device.
+"""`TargetDecoder`: reconstructs a pca/pq/klt lake's targets from their codes on the training device.
 
 The loader copies the stored codes into the batch as they are (``B x L x T x W`` int8 / uint8,
 ``W`` the widest code of the requested layers; a layer's codes fill its first ``width`` columns)
@@ -6,6 +6,7 @@ and never expands them on the CPU; the step calls the decoder on its device:
 
 - ``pca``: one batched matmul ``x = q @ (W * s)^T + mu`` over all layers (each layer's basis is
   zero-padded to ``W`` rows, so whatever the unused columns hold contributes nothing);
+- ``klt``: the codes unzigzagged (``u >> 1``, negated where ``u`` is odd), then ``pca``'s matmul;
 - ``pq``: per layer a gather of the ``M`` sub-space centroids, concatenated, plus ``mu``.
 
 Frames past each utterance's length are zeroed, like the zero padding of float targets. The
@@ -41,7 +42,7 @@ class TargetDecoder:
         self.width = max(c.width for c in chosen)
         self.widths = tuple(c.width for c in chosen)
         self._mean = torch.stack([torch.from_numpy(c.params["mean"]) for c in chosen])  # L x D
-        if self.kind == "pca":
+        if self.kind in ("pca", "klt"):
             proj = torch.zeros(len(chosen), self.width, self.dim)  # L x W x D, rows past r_l zero
             for i, c in enumerate(chosen):
                 basis, scale = torch.from_numpy(c.params["basis"]), torch.from_numpy(c.params["scale"])
@@ -69,8 +70,9 @@ class TargetDecoder:
             raise ValueError(f"TargetDecoder: expected codes B x {len(self.layers)} x T x {self.width}, "
                              f"found {list(codes.shape)}")
         mean, tables = self._tensors(codes.device)
-        if self.kind == "pca":
-            out = torch.einsum("bltw,lwd->bltd", codes.to(torch.float32), tables[0])
+        if self.kind in ("pca", "klt"):
+            q = codes.to(torch.float32) if self.kind == "pca" else _unzigzag(codes)
+            out = torch.einsum("bltw,lwd->bltd", q, tables[0])
         else:
             parts = []
             for i, (table, k, m) in enumerate(zip(tables, self._k, self.widths)):
@@ -83,3 +85,10 @@ class TargetDecoder:
             valid = torch.arange(t, device=codes.device)[None, :] < lengths.to(codes.device)[:, None]
             out = out * valid[:, None, :, None].to(out.dtype)
         return out
+
+
+def _unzigzag(u: torch.Tensor) -> torch.Tensor:
+    """klt's uint8 zigzag codes -> float32 signed codes (`fhb.storage.fitted.unzigzag`)."""
+    v = u.to(torch.int16)
+    half = (v >> 1).to(torch.float32)
+    return torch.where((v & 1).bool(), -half - 1.0, half)

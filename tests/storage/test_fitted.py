@@ -1,4 +1,4 @@
-"""Fitted codecs (pca / pq): error budget, rank choice, lake round trip, old lakes, verify."""
+"""Fitted codecs (pca / pq / klt): error budget, rank choice, lake round trip, old lakes, verify."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def _sample(n: int = 1500, dim: int = 24, seed: int = 0) -> np.ndarray:
     return hubert_like(n, dim=dim, seed=seed, n_outliers=2)
 
 
-@pytest.mark.parametrize("kind", ["pca", "pq"])
+@pytest.mark.parametrize("kind", ["pca", "pq", "klt"])
 def test_round_trip_error_within_budget(kind: str) -> None:
     both = _sample(1900)
     x, held_out = both[:1500], both[1500:]  # held out: same distribution, other frames
@@ -32,7 +32,7 @@ def test_round_trip_error_within_budget(kind: str) -> None:
     assert codec.encode(x).dtype == (np.int8 if kind == "pca" else np.uint8)
 
 
-@pytest.mark.parametrize("kind", ["pca", "pq"])
+@pytest.mark.parametrize("kind", ["pca", "pq", "klt"])
 def test_width_grows_as_the_budget_shrinks(kind: str) -> None:
     x = _sample()
     widths = [fit_codec(kind, x, budget=b).width for b in (0.3, 0.1, 0.03)]
@@ -49,7 +49,7 @@ def _compact_lake(tmp_path: Path, kind: str = "pca", budget: float = 0.05) -> tu
     return path, utts, codecs
 
 
-@pytest.mark.parametrize("kind", ["pca", "pq"])
+@pytest.mark.parametrize("kind", ["pca", "pq", "klt"])
 def test_lake_round_trip(tmp_path: Path, kind: str) -> None:
     path, utts, codecs = _compact_lake(tmp_path, kind)
     lake = open_lake(path)
@@ -99,7 +99,7 @@ def test_storage_stays_free_of_torch() -> None:
 def test_unknown_codec_and_budget_refused() -> None:
     from fhb.storage.fitted import check_budget, resolve_codec
 
-    assert resolve_codec("compact") in ("pca", "pq") and resolve_codec("float16") == "float16"
+    assert resolve_codec("compact") in ("pca", "pq", "klt") and resolve_codec("float16") == "float16"
     with pytest.raises(FhbError, match="--codec 'lilcom': expected one of"):
         resolve_codec("lilcom")
     with pytest.raises(FhbError, match="--codec-error 0: expected"):

@@ -1,4 +1,4 @@
-"""pca/pq lakes in stage 2: the loader hands codes over, `TargetDecoder` rebuilds them on the step's device."""
+"""pca/pq/klt lakes in stage 2: the loader hands codes over, `TargetDecoder` rebuilds them on the step's device."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def write_compact_lake(path: Path, kind: str, n_utts: int = 12, budget: float = 
     return lakes.write_lake(path, meta, {"train": {"s0": utts[:7], "s1": utts[7:]}}, fitted=codecs, background=False)
 
 
-@pytest.fixture(scope="module", params=["pca", "pq"])
+@pytest.fixture(scope="module", params=["pca", "pq", "klt"])
 def lake(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_compact_lake(tmp_path_factory.mktemp(request.param) / "lake", request.param)
 
