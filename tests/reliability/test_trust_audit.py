@@ -14,34 +14,22 @@ trust issue), for the ways in that the first tests did not try.
 
 from __future__ import annotations
 
-import os
 import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 import yaml
 
 from fhb.training import run_state
 
 from .conftest import assert_user_error, small_distill_args
-from .test_hostile_checkpoints import Call
-from .test_trust_files import _assert_one_line_under_1gb
+from .test_trust_files import _assert_one_line_under_1gb, _hostile_run_checkpoint as _hostile
 
 
 def _tree(path: Path) -> dict[str, bytes]:
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
-
-
-def _hostile(path: Path, marker: Path) -> Path:
-    """A run checkpoint whose ``model`` entry runs ``touch marker`` when unpickled by plain pickle."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": run_state.FORMAT, "version": run_state.VERSION, "step": 2,
-                "model": Call(os.system, f"touch {marker}"), "optimizer": {}, "scheduler": {}, "rng": {},
-                "loader": {}}, path)
-    return path
 
 
 @pytest.fixture
