@@ -225,7 +225,7 @@ class StudentConfig:
             elif name == "pred_layer_id":
                 kwargs[name] = _int_list(source, key, value)
             else:
-                kwargs[name] = _typed(source, key, value, hints[name])
+                kwargs[name] = typed_value(source, key, value, hints[name])
         return _validated(cls(**kwargs), source)
 
     def validate(self, source: str = "config") -> None:
@@ -448,7 +448,7 @@ class LossConfig:
         """
         hints = typing.get_type_hints(cls)
         kwargs = {
-            f.name: _typed(source, f"train.{f.name}", train[f.name], hints[f.name])
+            f.name: typed_value(source, f"train.{f.name}", train[f.name], hints[f.name])
             for f in fields(cls)
             if f.name in train
         }
@@ -629,22 +629,33 @@ def _validated(config: _Config, source: str) -> _Config:
     return config
 
 
-def _typed(source: str, key: str, value: Any, kind: Any) -> Any:
-    """Check a scalar yaml value against a field type (ints are accepted for floats)."""
+def typed_value(source: str, key: str, value: Any, kind: Any) -> Any:
+    """Check a yaml value against a field type: a scalar (ints are accepted for floats) or an int
+    range ``tuple[int, int]`` (a list ``[lo, hi]``; an int ``n`` reads as ``(0, n)``, as the
+    published SpecAugment's ``MaskAlongAxis`` reads it)."""
     if kind is bool:
         ok = isinstance(value, bool)
     elif kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
+        ok = _is_int(value)
     elif kind is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
     elif kind is str:
         ok = isinstance(value, str)
+    elif kind == tuple[int, int]:
+        value = [0, value] if _is_int(value) else value
+        ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_int(v) for v in value)
+        value = tuple(value) if ok else value
     else:  # pragma: no cover - every field type is listed above
         raise AssertionError(f"no check for {kind}")
     if not ok:
-        raise _error(source, key, f"a {kind.__name__}", value, "fix the value's type in the yaml")
+        expected = f"a {kind.__name__}" if isinstance(kind, type) else "a list [lo, hi] of two ints"
+        raise _error(source, key, expected, value, "fix the value's type in the yaml")
     return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _conv_layers(source: str, key: str, value: Any) -> tuple[ConvSpec, ...]:

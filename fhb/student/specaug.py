@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fhb.errors import FhbError
+from fhb.student.config import typed_value
 
 if TYPE_CHECKING:
     from fhb.student.config import FitConfig
@@ -92,7 +93,7 @@ class SpecAugConfig:
         hints = typing.get_type_hints(cls)
         kwargs: dict[str, Any] = {}
         for name, value in section.items():
-            kwargs[name] = _typed(source, f"specaug.{name}", value, hints[name])
+            kwargs[name] = typed_value(source, f"specaug.{name}", value, hints[name])
         cfg = cls(**kwargs)
         cfg.validate(source)
         return cfg
@@ -119,29 +120,6 @@ class SpecAugConfig:
         if self.time_warp_mode not in ("bicubic", "bilinear"):
             raise FhbError(f"{source}: specaug.time_warp_mode: expected 'bicubic' or 'bilinear', "
                            f"found {self.time_warp_mode!r}; set time_warp_mode: bicubic")
-
-
-def _typed(source: str, key: str, value: Any, kind: Any) -> Any:
-    """Check one yaml value against a field type (ints accepted for floats, 2-lists for ranges)."""
-    if kind is bool:
-        ok = isinstance(value, bool)
-    elif kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif kind is str:
-        ok = isinstance(value, str)
-    else:  # tuple[int, int]
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = [0, value]  # the published MaskAlongAxis reads an int n as (0, n)
-        ok = (isinstance(value, (list, tuple)) and len(value) == 2
-              and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
-        value = tuple(value) if ok else value
-    if not ok:
-        expected = getattr(kind, "__name__", "a list [lo, hi] of two ints")
-        raise FhbError(f"{source}: {key}: expected {expected}, found {value!r}; fix the value's type in the yaml")
-    return value
 
 
 class SpecAugment(nn.Module):
