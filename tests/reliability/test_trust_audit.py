@@ -15,7 +15,6 @@ trust issue), for the ways in that the first tests did not try.
 from __future__ import annotations
 
 import shutil
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ import yaml
 from fhb.training import run_state
 
 from .conftest import assert_user_error, small_distill_args
-from .test_trust_files import _assert_one_line_under_1gb, _hostile_run_checkpoint as _hostile
+from .test_trust_files import _assert_one_line_under_1gb, _hostile_run_checkpoint as _hostile, _zip_bomb
 
 
 def _tree(path: Path) -> dict[str, bytes]:
@@ -69,32 +68,13 @@ def test_export_hf_and_import_checkpoint_refuse_a_hostile_checkpoint(hostile_run
 # ------------------------------------------------------------------------------- resource bombs
 
 
-def _run_checkpoint_bomb(real: Path, path: Path, entry_bytes: int) -> Path:
-    """``real`` (a run checkpoint) with one storage record replaced by a deflated run of zeros."""
-    with zipfile.ZipFile(real) as src:
-        data = {n: src.read(n) for n in src.namelist()}
-    victim = max((n for n in data if "/data/" in n), key=lambda n: len(data[n]))
-    chunk = bytes(1 << 24)
-    with zipfile.ZipFile(path, "w") as out:
-        for name, blob in data.items():
-            if name != victim:
-                out.writestr(name, blob)
-                continue
-            zinfo = zipfile.ZipInfo(name)
-            zinfo.compress_type = zipfile.ZIP_DEFLATED
-            with out.open(zinfo, "w", force_zip64=True) as f:
-                for _ in range(entry_bytes // len(chunk)):
-                    f.write(chunk)
-    return path
-
-
 @pytest.mark.slow
 def test_run_checkpoint_zip_bomb_is_refused_before_decompression(small_run: Path, reference_lake: Path,
                                                                  tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(small_run, run)
     ckpt = run / "checkpoints" / "step-00000002.pt"
-    _run_checkpoint_bomb(small_run / "checkpoints" / "step-00000002.pt", ckpt, 1 << 30)
+    _zip_bomb(ckpt, small_run / "checkpoints" / "step-00000002.pt", 1 << 30)
     assert ckpt.stat().st_size < 20 << 20
     _assert_one_line_under_1gb(tmp_path, "declares", "evaluate", str(run), "--cache", str(reference_lake),
                                "--checkpoint", str(ckpt))

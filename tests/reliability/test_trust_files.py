@@ -129,17 +129,17 @@ def _assert_one_line_under_1gb(tmp_path: Path, needle: str, *args: str) -> None:
     assert rss < MAX_RSS_KB, f"peak RSS {rss} kB"
 
 
-def _zip_bomb(path: Path, tiny_teacher_path: Path, entry_bytes: int) -> Path:
-    """The tiny teacher with one storage record replaced by a deflated run of ``entry_bytes`` zeros."""
-    with zipfile.ZipFile(tiny_teacher_path) as src:
-        names = src.namelist()
-        data = {n: src.read(n) for n in names}
-    victim = next(n for n in names if "/data/" in n)
+def _zip_bomb(path: Path, source: Path, entry_bytes: int) -> Path:
+    """``source`` (a torch zip checkpoint: a teacher, a run checkpoint) with its largest storage
+    record replaced by a deflated run of ``entry_bytes`` zeros."""
+    with zipfile.ZipFile(source) as src:
+        data = {n: src.read(n) for n in src.namelist()}
+    victim = max((n for n in data if "/data/" in n), key=lambda n: len(data[n]))
     chunk = bytes(1 << 24)
     with zipfile.ZipFile(path, "w") as out:
-        for name in names:
+        for name, blob in data.items():
             if name != victim:
-                out.writestr(name, data[name])
+                out.writestr(name, blob)
                 continue
             zinfo = zipfile.ZipInfo(name)
             zinfo.compress_type = zipfile.ZIP_DEFLATED
