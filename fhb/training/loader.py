@@ -347,6 +347,8 @@ class _WindowReader:
                 self._fill(batch, views, pieces)
             for (source, name), wanted in pieces.items():
                 self._scatter(self._rows(self._shard(source), name), wanted)
+            for _, _, views in built:  # the int16 samples scattered above, as float waveforms
+                np.multiply(views["wavs"], np.float32(1.0 / 32768.0), out=views["wavs"])
             return [(spec, buf) for spec, buf, _ in built]
         finally:
             for rows in set(self._used):
@@ -375,7 +377,8 @@ class _WindowReader:
 
     def _fill(self, batch: PlannedBatch, views: dict[str, np.ndarray],
               pieces: dict[tuple[int, str], list[tuple[int, int, np.ndarray]]]) -> None:
-        """Audio, padding and int8 targets now; stored-as-is targets queued in ``pieces``."""
+        """Padding and int8 targets now; audio and stored-as-is targets queued in ``pieces`` (each
+        chunk is then read, verified and decoded once for the whole window, `_scatter`)."""
         wav_np, tgt_np, cnn_np = views["wavs"], views.get("targets"), views.get("cnn")
         names = [layer_array_name(k) for k in self.layers]
         for b, u in enumerate(batch.utts):
@@ -385,9 +388,7 @@ class _WindowReader:
             f0 = e.frame_offset + u.frame_start
             s0 = e.sample_offset + u.sample_start
             n, t = u.num_samples, u.num_frames
-            audio = self._scratch_of("audio", n, np.dtype(np.int16))
-            self._rows(shard, AUDIO_ARRAY).read_into(s0, s0 + n, audio)
-            np.multiply(audio, np.float32(1.0 / 32768.0), out=wav_np[b, :n], casting="unsafe")
+            pieces.setdefault((source, AUDIO_ARRAY), []).append((s0, s0 + n, wav_np[b, :n]))  # int16 values
             wav_np[b, n:] = 0
             targets = [(name, _stored_columns(shard, name, tgt_np[b, li])) for li, name in enumerate(names)] \
                 if tgt_np is not None else []
