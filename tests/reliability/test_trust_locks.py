@@ -133,6 +133,7 @@ import sys, time, pathlib
 from fhb.errors import FhbError
 from fhb.storage.lock import LakeLock
 lake, go = sys.argv[1], pathlib.Path(sys.argv[2])
+(go.parent / f"ready-{sys.argv[3]}").touch()  # imported, waiting for the signal
 while not go.exists():
     time.sleep(0.001)
 try:
@@ -149,9 +150,11 @@ def test_two_processes_taking_over_one_dead_lock_one_wins(tmp_path: Path) -> Non
     lake.mkdir()
     (lake / ".fhb.lock").write_text(_record(_dead_pid()))
     go = tmp_path / "go"
-    racers = [subprocess.Popen([sys.executable, "-c", _RACER, str(lake), str(go)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=_ENV) for _ in range(4)]
-    time.sleep(1.5)  # all started, waiting for the signal
+    racers = [subprocess.Popen([sys.executable, "-c", _RACER, str(lake), str(go), str(i)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=_ENV) for i in range(4)]
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("ready-*"))) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)  # all started and waiting (a loaded machine may take seconds to import fhb)
     go.touch()
     outs = [p.communicate(timeout=60) for p in racers]
     results = [out.strip() for out, _ in outs]
