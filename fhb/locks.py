@@ -33,6 +33,7 @@ import logging
 import os
 import socket
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -191,16 +192,32 @@ def lock_path(folder: str | os.PathLike[str]) -> Path:
     return Path(folder) / LOCK_FILE
 
 
+SETTLE_SECONDS = 5.0
+"""How long a lock file younger than this may stay unparsable before it counts as `UNREADABLE`: its
+holder creates it (``O_EXCL``) and then writes its record, and a process descheduled in between
+(a loaded machine) must not have its live lock reported as damaged."""
+
+
 def read_lock(folder: str | os.PathLike[str]) -> LockInfo | None:
-    """The current holder of the folder's lock, None when unlocked, `UNREADABLE` when unparsable."""
-    try:
-        text = lock_path(folder).read_text()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    try:
-        return LockInfo.from_dict(json.loads(text))
-    except (ValueError, KeyError, TypeError):
-        return UNREADABLE
+    """The current holder of the folder's lock, None when unlocked, `UNREADABLE` when unparsable.
+
+    A lock file just created whose record is not written yet is read again until it is (at most
+    `SETTLE_SECONDS` after its creation); an older unparsable one (a crash between create and
+    write, or damage) is `UNREADABLE` at once.
+    """
+    path = lock_path(folder)
+    while True:
+        try:
+            text = path.read_text()
+            age = time.time() - path.stat().st_mtime
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        try:
+            return LockInfo.from_dict(json.loads(text))
+        except (ValueError, KeyError, TypeError):
+            if not 0 <= age < SETTLE_SECONDS:
+                return UNREADABLE
+        time.sleep(0.01)
 
 
 def break_lock(folder: str | os.PathLike[str], what: str = "lake") -> LockInfo | None:

@@ -145,6 +145,8 @@ def test_unreadable_lock_file(tiny_teacher_path: Path, libri_root: Path, tmp_pat
     lake = tmp_path / "lake"
     lake.mkdir()
     (lake / ".fhb.lock").write_text("")
+    crashed = time.time() - 60  # the crash was a while ago (a fresh empty file is a lock being written)
+    os.utime(lake / ".fhb.lock", (crashed, crashed))
     assert_user_error(cli(*extract_args(tiny_teacher_path, libri_root, lake)), "unreadable", f"fhb unlock {lake}")
     assert cli("unlock", lake).code == 0
     assert not (lake / ".fhb.lock").exists()

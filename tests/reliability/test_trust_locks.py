@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ import pytest
 
 from fhb.errors import FhbError
 from fhb.locks import LockInfo, process_start
-from fhb.storage.lock import READERS_DIR, LakeLock, read_lock
+from fhb.storage.lock import READERS_DIR, LakeLock, LakeReadLease, read_lock
 
 from . import faults
 from .conftest import TRACEBACK, assert_user_error, fhb_popen, small_distill_args
@@ -126,6 +127,31 @@ def test_lock_written_by_an_older_fhb_is_judged_by_its_pid(tmp_path: Path, sleep
     (lake / ".fhb.lock").write_text(json.dumps({"pid": _dead_pid(), **old}))
     with LakeLock(lake):
         pass
+
+
+def test_a_lock_being_written_is_not_reported_unreadable(tmp_path: Path, sleeper: Any) -> None:
+    """The holder creates its lock file and then writes the record; an acquirer (or a reader) that
+    finds it still empty, because the holder was descheduled in between, waits for the record and
+    names the holder, instead of calling its live lock damaged (the race of four takers showed it)."""
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    (lake / ".fhb.lock").write_text("")  # created, not yet written
+    writer = threading.Timer(0.5, lambda: (lake / ".fhb.lock").write_text(_record(sleeper.pid)))
+    writer.start()
+    try:
+        with pytest.raises(FhbError) as refused:
+            LakeLock(lake).acquire()
+    finally:
+        writer.join()
+    assert f"is locked by pid {sleeper.pid}" in str(refused.value) and "unreadable" not in str(refused.value)
+    (lake / ".fhb.lock").write_text("")
+    writer = threading.Timer(0.5, lambda: (lake / ".fhb.lock").write_text(_record(sleeper.pid)))
+    writer.start()
+    try:
+        with pytest.raises(FhbError, match=f"is being written by pid {sleeper.pid}"):
+            LakeReadLease(lake).__enter__()
+    finally:
+        writer.join()
 
 
 _RACER = """
