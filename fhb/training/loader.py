@@ -302,13 +302,13 @@ class _WindowReader:
         self.conv = frames_of_conv
         self._lake: Lake | None = None
         self._used: list[ArrayRows] = []
-        self._scratch: dict[str, np.ndarray] = {}
+        self._scratch = np.empty(0, dtype=np.uint8)  # int8 codes and scales of a window (`_queue_quantised`)
         self._local: _SlotPool | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_lake"] = None  # zarr handles are reopened in each worker
-        state["_used"], state["_scratch"], state["_local"] = [], {}, None
+        state["_used"], state["_scratch"], state["_local"] = [], np.empty(0, dtype=np.uint8), None
         return state
 
     def _shard(self, source: int) -> ShardView:
@@ -343,10 +343,14 @@ class _WindowReader:
         try:
             built = [self._layout_batch(b, alloc) for b in item.batches]
             pieces: dict[tuple[int, str], list[tuple[int, int, np.ndarray]]] = {}
+            quantised: list[_Quantised] = []
             for batch, (_, _, views) in zip(item.batches, built):
-                self._fill(batch, views, pieces)
+                self._fill(batch, views, pieces, quantised)
+            decodes = self._queue_quantised(quantised, pieces)
             for (source, name), wanted in pieces.items():
                 self._scatter(self._rows(self._shard(source), name), wanted)
+            for codec, q, scales, first, out in decodes:  # int8: codes and scales are in, dequantise
+                codec.decode(q, scales, first_frame=first, out=out)
             for _, _, views in built:  # the int16 samples scattered above, as float waveforms
                 np.multiply(views["wavs"], np.float32(1.0 / 32768.0), out=views["wavs"])
             return [(spec, buf) for spec, buf, _ in built]
@@ -376,9 +380,10 @@ class _WindowReader:
         return spec, buf, _views(buf, layout)
 
     def _fill(self, batch: PlannedBatch, views: dict[str, np.ndarray],
-              pieces: dict[tuple[int, str], list[tuple[int, int, np.ndarray]]]) -> None:
-        """Padding and int8 targets now; audio and stored-as-is targets queued in ``pieces`` (each
-        chunk is then read, verified and decoded once for the whole window, `_scatter`)."""
+              pieces: dict[tuple[int, str], list[tuple[int, int, np.ndarray]]], quantised: list[_Quantised]) -> None:
+        """Padding now; audio and stored-as-is targets queued in ``pieces`` (each chunk is then
+        read, verified and decoded once for the whole window, `_scatter`), int8 targets in
+        ``quantised`` (`_queue_quantised`)."""
         wav_np, tgt_np, cnn_np = views["wavs"], views.get("targets"), views.get("cnn")
         names = [layer_array_name(k) for k in self.layers]
         for b, u in enumerate(batch.utts):
@@ -396,7 +401,7 @@ class _WindowReader:
                 targets.append((CNN_ARRAY, cnn_np[b]))
             for name, dest in targets:
                 if shard.codec.has_scales:
-                    self._read(shard, name, f0, f0 + t, dest[:t])
+                    quantised.append(_Quantised(source, name, f0, dest[:t]))
                 else:
                     pieces.setdefault((source, name), []).append((f0, f0 + t, dest[:t]))
                 dest[t:] = 0
@@ -420,24 +425,46 @@ class _WindowReader:
             for a, b, dest in parts:
                 dest[...] = span[a - lo : b - lo]
 
-    def _scratch_of(self, key: str, n: int, dtype: np.dtype) -> np.ndarray:
-        buf = self._scratch.get(key)
-        need = n * dtype.itemsize
-        if buf is None or buf.size < need:
-            buf = self._scratch[key] = np.empty(max(need, 1 << 20), dtype=np.uint8)
-        return buf[:need].view(dtype)
+    def _queue_quantised(
+        self, quantised: Sequence[_Quantised], pieces: dict[tuple[int, str], list[tuple[int, int, np.ndarray]]]
+    ) -> list[tuple[TargetCodec, np.ndarray, np.ndarray, int, np.ndarray]]:
+        """int8 lakes: queue each target's codes (``T x D`` int8) and the rows of its scale array
+        (``S x 2 x D`` float32) in ``pieces``, into one scratch buffer reused by every window, so
+        their chunks are read, verified and decoded once per window like the others'. Returns the
+        dequantisations to run once they are scattered: ``(codec, q, scales, first frame, out)``."""
+        plans = []
+        pos = 0
+        for r in quantised:
+            codec: TargetCodec = self._shard(r.source).codec
+            t, d = r.out.shape
+            block = codec.scale_block_frames or codec.chunk_frames
+            s0, s1 = r.start // block, (r.start + t - 1) // block + 1
+            q_at = pos
+            pos += -(-t * d // _ALIGN) * _ALIGN
+            plans.append((r, codec, s0, s1, q_at, pos))
+            pos += -(-(s1 - s0) * 2 * d * 4 // _ALIGN) * _ALIGN
+        if pos > self._scratch.size:
+            self._scratch = np.empty(max(pos, 1 << 20), dtype=np.uint8)
+        decodes = []
+        for r, codec, s0, s1, q_at, s_at in plans:
+            t, d = r.out.shape
+            q = self._scratch[q_at : q_at + t * d].view(np.int8).reshape(t, d)
+            scales = self._scratch[s_at : s_at + (s1 - s0) * 2 * d * 4].view(np.float32).reshape(s1 - s0, 2, d)
+            pieces.setdefault((r.source, r.name), []).append((r.start, r.start + t, q))
+            pieces.setdefault((r.source, scale_array_name(r.name)), []).append((s0, s1, scales))
+            decodes.append((codec, q, scales, r.start, r.out))
+        return decodes
 
-    def _read(self, shard: ShardView, name: str, start: int, stop: int, out: np.ndarray) -> None:
-        """Rows ``start:stop`` of ``name`` dequantised into ``out`` (int8 lakes)."""
-        codec: TargetCodec = shard.codec
-        n, d = stop - start, out.shape[-1]
-        q = self._scratch_of("q", n * d, np.dtype(np.int8)).reshape(n, d)
-        self._rows(shard, name).read_into(start, stop, q)
-        b = codec.scale_block_frames or codec.chunk_frames
-        s0, s1 = start // b, (stop - 1) // b + 1
-        scales = self._scratch_of("s", (s1 - s0) * 2 * d, np.dtype(np.float32)).reshape(s1 - s0, 2, d)
-        self._rows(shard, scale_array_name(name)).read_into(s0, s1, scales)
-        codec.decode(q, scales, first_frame=start, out=out)
+
+@dataclass(frozen=True)
+class _Quantised:
+    """An int8 target of a batch row: rows ``start:start + len(out)`` of array ``name`` of
+    source ``source``, to be dequantised into ``out`` (``T x D`` float32, a view of the batch)."""
+
+    source: int
+    name: str
+    start: int
+    out: np.ndarray
 
 
 def _code_width(meta: LakeMeta, layers: Sequence[int]) -> int:

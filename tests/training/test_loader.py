@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 
@@ -129,6 +130,44 @@ def test_crops_frame_aligned_and_targets_sliced(lake: Path) -> None:
             want = view.targets(u)[:, k : k + t]
             np.testing.assert_array_equal(batch.targets[i, :, :t].float().numpy(), want)
     assert cropped > 5
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_int8_targets_dequantised_over_scale_blocks_crops_and_workers(tmp_path: Path, workers: int) -> None:
+    """int8 codes and their scale rows go through the window's chunk-major decode: utterances that
+    start mid-block, span several scale blocks and chunks, cropped at random frames, built by
+    worker processes, equal the random-access reader's dequantised targets."""
+    rng = np.random.default_rng(5)
+    codec = dataclasses.replace(TargetCodec.default("int8", 64), scale_block_frames=16)
+    meta = LakeMeta(teacher=TeacherMeta("tiny", "0" * 64, {}, num_layers=4, dim=DIM), layers=LAYERS,
+                    dtype="int8", codec=codec, cnn_features=True, cnn_dim=8)
+    utts = []
+    for i in range(14):
+        n = int(rng.integers(4800, 40000))
+        t = conv_output_length(n)
+        utts.append(Utt(f"utt-{i:04d}", "spk", "ch", "text", rng.integers(-30000, 30000, size=n).astype(np.int16),
+                        rng.standard_normal((len(LAYERS), t, DIM)).astype(np.float32) * rng.uniform(0.1, 10),
+                        rng.standard_normal((t, 8)).astype(np.float32)))
+    path = lakes.write_lake(tmp_path / "lake", meta, {"train": {"shard-000": utts[:9], "shard-001": utts[9:]}},
+                            background=False)
+    view = open_lake(path)["train"]
+    cropped = 0
+    with LakeLoader(path, ["train"], None, batch_size=3, workers=workers, window_blocks=2, max_seconds=1.0,
+                    cnn_features=True, seed=1) as loader:
+        for batch in loader:
+            assert batch.targets.dtype == torch.float32 and batch.cnn is not None
+            for i, u in enumerate(batch.utt_ids):
+                n, t = int(batch.wav_lengths[i]), int(batch.target_lengths[i])
+                full = view.audio(u)
+                wav = (batch.wavs[i, :n].numpy() * 32768).round().astype(np.int16)
+                k = next(s for s in range(0, len(full) - n + 1, 320) if np.array_equal(full[s : s + n], wav)) // 320
+                cropped += k > 0
+                np.testing.assert_allclose(batch.targets[i, :, :t].numpy(), view.targets(u)[:, k : k + t], rtol=0,
+                                           atol=1e-6)
+                np.testing.assert_allclose(batch.cnn[i, :t].numpy(), view.cnn_features(u)[k : k + t], rtol=0,
+                                           atol=1e-6)
+                assert not batch.targets[i, :, t:].any() and not batch.cnn[i, t:].any()
+    assert cropped > 3
 
 
 def test_resume_mid_epoch_yields_the_rest(lake: Path) -> None:
