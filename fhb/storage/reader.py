@@ -283,10 +283,10 @@ def _spare_buffers() -> list[np.ndarray]:
 class ArrayRows:
     """Decodes row ranges of one array into caller-provided memory, chunk by chunk.
 
-    Two steps for batch builders: `want` each row range first, then `read_into` each. Every chunk
-    is then decoded once, over the union of the rows wanted from it (whole chunks where all rows
-    are wanted), and `read_into` copies out of that; `release` forgets the decoded rows (their
-    buffers are reused). Without `want`, `read_into` decodes just the requested rows.
+    `read_into` decodes the requested rows (a whole chunk through zarr where the direct path
+    below does not apply, kept until `release`, which hands its buffer on for reuse);
+    `decode_span` decodes rows of one chunk into a scratch buffer for a batch builder that copies
+    them out at once (`fhb.training.loader`, which reads each chunk once per window).
 
     On a local lake whose arrays use the lake's codec chain (little-endian bytes + Blosc) the chunk
     files are read as they are and decoded with c-blosc directly: no zarr call per read, and a
@@ -320,21 +320,12 @@ class ArrayRows:
                 and (endian is None or getattr(endian, "value", endian) == sys.byteorder)
                 and chunked_rows_only):
             self._dir = Path(store.root) / path
-        self._wanted: dict[int, tuple[int, int]] = {}
         self._decoded: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}  # i -> (first row, rows, buffer)
 
     @property
     def direct(self) -> bool:
         """Whether chunk files are read and decoded without zarr."""
         return self._dir is not None
-
-    def want(self, start: int, stop: int) -> None:
-        """Announce that rows ``start:stop`` will be read (before any `read_into`)."""
-        c = self.chunk_rows
-        for i in range(start // c, (stop - 1) // c + 1 if stop > start else start // c):
-            lo, hi = max(start, i * c) - i * c, min(stop, (i + 1) * c) - i * c
-            old = self._wanted.get(i)
-            self._wanted[i] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
 
     def read_into(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
         """Rows ``start:stop`` into ``out`` (C-contiguous, ``stop - start`` rows, stored dtype)."""
@@ -346,7 +337,7 @@ class ArrayRows:
             dest = out[pos - start : end - start]
             lo, hi = pos - i * c, end - i * c
             got = self._decoded.get(i)
-            if got is None and (i in self._wanted or self._dir is None):
+            if got is None and self._dir is None:
                 got = self._decode(i)
             if got is not None and got[0] <= lo and hi <= got[0] + len(got[1]):
                 dest[...] = got[1][lo - got[0] : hi - got[0]]
@@ -364,19 +355,15 @@ class ArrayRows:
         return self._decode_rows(i, lo, hi, rows)
 
     def release(self) -> None:
-        """Forget what was wanted and decoded (the buffers are reused by later reads)."""
+        """Forget what was decoded (the buffers are reused by later reads)."""
         spare = _spare_buffers()
         spare.extend(buf for _, _, buf in self._decoded.values())
         del spare[16:]  # keep a few for the next window; the rest goes back to the allocator
         self._decoded.clear()
-        self._wanted.clear()
 
     def _decode(self, i: int) -> tuple[int, np.ndarray, np.ndarray]:
         c = self.chunk_rows
-        valid = min(c, self.rows - i * c)
-        lo, hi = self._wanted.get(i, (0, valid))
-        if self._dir is None:
-            lo, hi = 0, valid
+        lo, hi = 0, min(c, self.rows - i * c)
         buf = self._buffer(c * self.row_items * self.dtype.itemsize)
         rows = buf[: (hi - lo) * self.row_items * self.dtype.itemsize].view(self.dtype).reshape(hi - lo, *self.row_shape)
         got = self._decoded[i] = (lo, self._decode_rows(i, lo, hi, rows), buf)
