@@ -1,12 +1,14 @@
 """``fhb evaluate``: per-layer distillation losses of a run's student against a lake split.
 
 The student (training layout: it needs every prediction head) runs in eval mode over the split
-in lake order; each teacher layer's loss is :class:`fhb.student.loss.DistillLoss`'s unweighted
-per-layer loss, averaged over batches by `fhb.training.evaluation.evaluate_split`, the function
-``fhb distill``'s dev evaluation calls, so the numbers compare with ``metrics.jsonl``'s ``eval``
-records. With random layers (``distil_random_layer > 0``) every intermediate head is scored (head
-``l`` against teacher layer ``l + 1``), not only the ones a draw would pick; ``dev_loss`` is the
-last layer's (the published ``v_loss``).
+in the batches ``fhb distill``'s dev evaluation uses (the published fixed batches of the
+length-sorted split, ``--batch-size`` utterances each); each teacher layer's loss is
+:class:`fhb.student.loss.DistillLoss`'s unweighted per-layer loss, averaged over batches by
+`fhb.training.evaluation.evaluate_split`, the function that evaluation calls: with the run's batch
+size, a student scores what ``metrics.jsonl``'s ``eval`` record of its update says. With random
+layers (``distil_random_layer > 0``) every intermediate head is scored (head ``l`` against teacher
+layer ``l + 1``), not only the ones a draw would pick; ``dev_loss`` is the last layer's (the
+published ``v_loss``).
 """
 
 from __future__ import annotations
@@ -127,7 +129,7 @@ def evaluate_run(
         raise FhbError(f"{found.source}: the config's loss uses no teacher layers (rec_loss_weight and "
                        "sim_loss_weight are 0); nothing to evaluate per layer")
     loader = LakeLoader(cache, [split], layers, batch_size=batch_size, shuffle=False, workers=0,
-                        cnn_features=use_cnn)
+                        cnn_features=use_cnn, bucketing="sorted")  # the batches of distill's dev evaluation
     model.to(dev)
     with LakeReadLease(cache), _progress(show, loader, max_batches) as on_batch:  # no writer changes the targets
         res = evaluate_split(model, loss_fn, loader, layers, device=dev, use_cnn=use_cnn, max_batches=max_batches,

@@ -245,6 +245,22 @@ def test_cached_and_online_targets_agree_at_step_0(lake: Path, tiny_teacher_path
     assert a.final_loss == pytest.approx(b.final_loss, rel=1e-3)
 
 
+def test_evaluate_reproduces_the_last_dev_record(lake: Path, tmp_path: Path) -> None:
+    """`fhb evaluate` of a run's final student, at the run's batch size, scores what the run's last
+    dev record says: the same batches (the published fixed batches of the length-sorted split; 3 dev
+    utterances in batches of 2, so another grouping would average differently)."""
+    from fhb.stages.evaluate import evaluate_run
+
+    run = tmp_path / "run"
+    _run(lake, run, steps=2, dev_split=DEV, max_seconds=None, export="last")
+    last = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "eval"][-1]
+    assert last["step"] == 2
+    got = evaluate_run(run, lake, DEV, batch_size=2)
+    assert got["batches"] == last["batches"] == 2
+    assert got["layer_losses"] == pytest.approx(last["layer_losses"], rel=1e-6)
+    assert got["validation_loss"] == pytest.approx(last["dev_loss"], rel=1e-6)
+
+
 def test_refuses_lake_missing_layers(libri_root: Path, tiny_teacher_path: Path, tmp_path: Path) -> None:
     lake = build_lake(libri_root, tiny_teacher_path, tmp_path / "lake12", layers=(1, 2), splits=(TRAIN,))
     with pytest.raises(FhbError, match=r"missing \[3\]"):
