@@ -614,10 +614,13 @@ def _export_student(run_dir: Path, tr: Trainer, fit: FitConfig, s: DistillSettin
 
 
 def save_final_student(path: Path, tr: Trainer, fit: FitConfig, cache: str) -> Path:
-    """Write the trained student in fhb's student format, with the step and the teacher's identity."""
+    """Write the trained student in fhb's student format, with the step and the teacher's identity
+    (and, for a CTC teacher's run, its CTC head under ``extra["ctc_head"]``: `fhb evaluate` scores
+    WER / CER with it; exports drop it)."""
     meta = tr.loader.lake.meta
     teacher = {"lake": cache, "name": meta.teacher.name, "sha256": meta.teacher.sha256,
                "layers": list(meta.layers), "dtype": meta.dtype}
-    save_student(tr.model, fit, path, epoch=int(tr.epoch), step=int(tr.global_step), teacher=teacher)
+    head = {"ctc_head": {k: v.detach().cpu() for k, v in tr.ctc.head.state_dict().items()}} if tr.ctc else None
+    save_student(tr.model, fit, path, epoch=int(tr.epoch), step=int(tr.global_step), teacher=teacher, extra=head)
     logger.info("student written to %s", path)
     return path

@@ -8,7 +8,8 @@ length-sorted split, ``--batch-size`` utterances each); each teacher layer's los
 size, a student scores what ``metrics.jsonl``'s ``eval`` record of its update says. With random
 layers (``distil_random_layer > 0``) every intermediate head is scored (head ``l`` against teacher
 layer ``l + 1``), not only the ones a draw would pick; ``dev_loss`` is the last layer's (the
-published ``v_loss``).
+published ``v_loss``). A CTC teacher's run is also scored for its CTC loss and the WER / CER of
+its head's greedy decoding.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from typing import Any
 
 from fhb.errors import FhbError
 from fhb.storage.lock import LakeReadLease
-from fhb.storage.reader import open_lake
+from fhb.storage.reader import Lake, open_lake
 from fhb.student.attention_targets import attention_for_run
 from fhb.student.loss import DistillLoss
 from fhb.training.checks import check_complete_splits, check_same_teacher, check_teacher_dim
+from fhb.training.ctc_objective import CtcObjective, build_ctc_objective, use_gt_for_ctc
 from fhb.training.evaluation import evaluate_split
 from fhb.training.loader import LakeLoader
-from fhb.training.runs import load_run_student
+from fhb.training.runs import RunStudent, load_run_student
 
 __all__ = ["evaluate_run", "print_evaluation"]
 
@@ -90,6 +92,8 @@ def evaluate_run(
         "layer_losses": {"layer_KK": float}, "weights": {"layer_KK": float}, "dev_loss", "total",
         "seconds", "per_layer", "validation_loss"}``; ``per_layer`` is ``layer_losses`` and
         ``validation_loss`` is ``dev_loss`` (the published dev metric) under the names ``--json`` promises.
+        A CTC teacher's run adds ``ctc_loss``, ``wer`` and ``cer`` (as ``metrics.jsonl``'s dev records;
+        ``total`` then includes the CTC term, as there).
 
     Raises:
         FhbError: no student, a student in the inference layout, or a lake whose teacher does not
@@ -131,9 +135,10 @@ def evaluate_run(
     loader = LakeLoader(cache, [split], layers, batch_size=batch_size, shuffle=False, workers=0,
                         cnn_features=use_cnn, bucketing="sorted")  # the batches of distill's dev evaluation
     model.to(dev)
+    ctc = _ctc_objective(lake, split, found)
     with LakeReadLease(cache), _progress(show, loader, max_batches) as on_batch:  # no writer changes the targets
         res = evaluate_split(model, loss_fn, loader, layers, device=dev, use_cnn=use_cnn, max_batches=max_batches,
-                             on_batch=on_batch)
+                             on_batch=on_batch, ctc=ctc)
     if res.batches == 0:
         raise FhbError(f"lake {cache}: split {split!r} gave no batches; expected at least one utterance")
     weights = {pair.layer: pair.weight for pair in loss_fn.pairs()}
@@ -152,12 +157,34 @@ def evaluate_run(
         "seconds": res.seconds,
         "per_layer": dict(res.layers),
         "validation_loss": res.last,
+        **({"ctc_loss": res.ctc, "wer": res.wer, "cer": res.cer} if ctc is not None else {}),
     }
     log.info("evaluated %s on %s/%s: last-layer loss %.6g over %d utterances", found.source, cache, split,
              result["dev_loss"], res.utterances)
     if show:
         print_evaluation(result)
     return result
+
+
+def _ctc_objective(lake: Lake, split: str, found: RunStudent) -> CtcObjective | None:
+    """The CTC term of a CTC teacher's run with the head it was trained with (CTC loss, WER, CER of
+    its greedy decoding), or None: the lake's teacher is not a CTC model, or the file has no head
+    (a warning says so)."""
+    if lake.meta.teacher.ctc_vocab is None:
+        return None
+    if found.ctc_head is None:
+        log.warning("%s holds no CTC head (imported, or written by an older fhb): its CTC loss, WER and CER are "
+                    "not scored; score a checkpoint of the run (--step N) for them", found.source)
+        return None
+    ctc = build_ctc_objective(lake, [split], found.model, use_gt_for_ctc(found.config.train, str(found.source)), None)
+    try:
+        ctc.head.load_state_dict(found.ctc_head)
+    except RuntimeError as exc:
+        raise FhbError(f"{found.source}: expected a CTC head for the lake's {len(lake.meta.teacher.ctc_vocab)} "
+                       f"symbols and the student's width, found another ({str(exc).splitlines()[0]}); score it on "
+                       "the lake it was distilled from") from None
+    ctc.head.eval()
+    return ctc
 
 
 def print_evaluation(result: dict[str, Any]) -> None:
@@ -173,5 +200,8 @@ def print_evaluation(result: dict[str, Any]) -> None:
     for key, value in result["layer_losses"].items():
         table.add_row(key, f"{value:.6g}", f"{result['weights'].get(key, 0.0):g}")
     table.add_section()
+    if "wer" in result:
+        table.add_row("CTC loss", f"{result['ctc_loss']:.6g}", "")
+        table.add_row("WER / CER (greedy)", f"{result['wer']:.2%} / {result['cer']:.2%}", "")
     table.add_row("total (weighted)", f"{result['total']:.6g}", "")
     console.print(table)

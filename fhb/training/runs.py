@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from fhb.errors import FhbError
 from fhb.student.checkpoint import build_for_weights, load_student_checkpoint
 from fhb.student.config import FitConfig
@@ -37,6 +39,8 @@ class RunStudent:
         kind: ``"fhb"``, ``"lightning"``, ``"state_dict"`` or ``"distill-state"``.
         step: optimizer updates of that checkpoint (0 when the file does not record it).
         teacher: what the checkpoint recorded about its teacher (fhb format), else None.
+        ctc_head: the state dict of the run's CTC head (a CTC teacher's run: the training state's
+            ``ctc_head``, a student file's ``extra["ctc_head"]``), else None.
     """
 
     model: FitHuBERT
@@ -45,6 +49,7 @@ class RunStudent:
     kind: str
     step: int
     teacher: Mapping[str, Any] | None = None
+    ctc_head: Mapping[str, torch.Tensor] | None = None
 
 
 def resolve_run_checkpoint(run: Path, step: int | None = None, checkpoint: Path | None = None) -> Path:
@@ -87,6 +92,15 @@ def resolve_run_checkpoint(run: Path, step: int | None = None, checkpoint: Path 
                    "found neither; let `fhb distill` finish or save a checkpoint, or pass --checkpoint")
 
 
+def _state_dict_or_none(value: object) -> dict[str, torch.Tensor] | None:
+    """``value`` when it is a state dict (names -> tensors), else None (absent, or not one: a file
+    written otherwise is scored without it)."""
+    if isinstance(value, Mapping) and value and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                    for k, v in value.items()):
+        return dict(value)
+    return None
+
+
 def _from_distill_state(path: Path) -> RunStudent:
     """A ``checkpoints/step-XXXXXXXX.pt`` of ``fhb distill`` (the run's own training state)."""
     try:
@@ -102,7 +116,7 @@ def _from_distill_state(path: Path) -> RunStudent:
         raise FhbError(f"{path}: the weights do not match the stored config ({str(exc).splitlines()[0]})") from None
     teacher = state.get("lake_teacher")
     return RunStudent(model, config, path, "distill-state", int(state["step"]),
-                      teacher if isinstance(teacher, dict) else None)
+                      teacher if isinstance(teacher, dict) else None, _state_dict_or_none(state.get("ctc_head")))
 
 
 def load_run_student(
@@ -119,7 +133,8 @@ def load_run_student(
         path = resolve_run_checkpoint(Path(run) if run is not None else Path("."), step, checkpoint)
         if run_state.checkpoint_step(path.name) is None:
             loaded = load_student_checkpoint(path, yaml_path)
-            found = RunStudent(loaded.model, loaded.config, path, loaded.kind, loaded.step, loaded.teacher)
+            found = RunStudent(loaded.model, loaded.config, path, loaded.kind, loaded.step, loaded.teacher,
+                               _state_dict_or_none(loaded.extra.get("ctc_head")))
             break
         try:
             found = _from_distill_state(path)

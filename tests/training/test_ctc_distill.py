@@ -115,6 +115,42 @@ def test_report_and_export(ctc_lake: Path, tmp_path: Path) -> None:
     assert not any("ctc" in k for k in state)  # dropped, as the published export (its student has no head)
 
 
+def test_evaluate_scores_ctc_with_the_runs_head(ctc_lake: Path, tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """``fhb evaluate`` of a CTC run gives the CTC loss, WER and CER its dev records give, for
+    student.pt (the head travels in the student file) and for a training checkpoint; a file
+    without the head is scored without them, with a warning."""
+    from fhb.stages.evaluate import evaluate_run, print_evaluation
+    from fhb.student.checkpoint import load_student_checkpoint
+
+    run = tmp_path / "run"
+    records = _run(ctc_lake, run, _config(tmp_path, True), steps=2, save_every=1, export="last")
+    last_eval = [r for r in records if r["kind"] == "eval"][-1]
+    assert last_eval["step"] == 2
+    for kw in ({}, {"step": 2}):
+        got = evaluate_run(run, ctc_lake, DEV, batch_size=2, **kw)
+        assert (got["wer"], got["cer"]) == (last_eval["wer"], last_eval["cer"]), kw
+        assert got["ctc_loss"] == pytest.approx(last_eval["ctc_loss"], rel=1e-5)
+        assert got["layer_losses"] == pytest.approx(last_eval["layer_losses"], rel=1e-5)
+        assert got["total"] == pytest.approx(sum(got["weights"][k] * v for k, v in got["layer_losses"].items())
+                                             + got["ctc_loss"], rel=1e-5)  # the CTC term, weight 1, included
+    print_evaluation(got)
+    assert set(load_student_checkpoint(run / "student.pt").extra["ctc_head"]) == {"proj.weight", "proj.bias"}
+
+    bare = torch.load(run / "student.pt", weights_only=False)
+    del bare["extra"]["ctc_head"]
+    torch.save(bare, tmp_path / "bare.pt")
+    with caplog.at_level("WARNING"):
+        got = evaluate_run(run, ctc_lake, DEV, batch_size=2, checkpoint=tmp_path / "bare.pt")
+    assert "wer" not in got and got["validation_loss"] == pytest.approx(last_eval["dev_loss"], rel=1e-5)
+    assert "holds no CTC head" in caplog.text
+
+    bare["extra"]["ctc_head"] = {"proj.weight": torch.zeros(3, 3), "proj.bias": torch.zeros(3)}
+    torch.save(bare, tmp_path / "wrong.pt")
+    with pytest.raises(FhbError, match="expected a CTC head for the lake's 32 symbols"):
+        evaluate_run(run, ctc_lake, DEV, batch_size=2, checkpoint=tmp_path / "wrong.pt")
+
+
 def test_crops_refused(ctc_lake: Path, tmp_path: Path) -> None:
     with pytest.raises(FhbError, match="whole utterances"):
         _run(ctc_lake, tmp_path / "run", _config(tmp_path, True), max_seconds=1.0)
