@@ -12,6 +12,8 @@ stays under 1 GB for each of these files (measured in a subprocess).
 from __future__ import annotations
 
 import os
+import pickle
+import struct
 import subprocess
 import sys
 import zipfile
@@ -167,6 +169,36 @@ def test_storage_size_that_disagrees_with_its_record_is_refused(tmp_path: Path) 
         for name, blob in data.items():
             out.writestr(name, blob)
     _assert_one_line_under_1gb(tmp_path, "does not match expected size", "teacher-info", str(path))
+
+
+def _legacy_storage_bomb(path: Path, numel: int) -> Path:
+    """A checkpoint in torch's legacy (pre-1.6, non-zip) format whose one float32 storage declares
+    ``numel`` elements, followed by 64 bytes of data: torch allocates what the pickle declares
+    before it reads the data."""
+    storage = object()
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj: object) -> object:
+            return ("storage", torch.FloatStorage, "0", "cpu", numel, None) if obj is storage else None
+
+    with open(path, "wb") as f:
+        for header in (0x1950A86A20F9469CFC6C, 1001,  # torch's legacy magic number and protocol version
+                       {"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}}):
+            pickle.dump(header, f, protocol=2)
+        Pickler(f, protocol=2).dump({"model": {"w": storage}})
+        pickle.dump(["0"], f, protocol=2)
+        f.write(struct.pack("<q", numel) + bytes(64))
+    return path
+
+
+@pytest.mark.parametrize("numel", [10**9, 25 * 10**9])  # 4 GB: allocated, never touched; 100 GB: cannot be
+def test_legacy_format_storage_bomb_stays_under_1gb(tmp_path: Path, numel: int) -> None:
+    """The zip checks do not apply to the legacy format, and torch allocates the declared storage
+    before reading it; the allocation is never touched (the data ends after 64 bytes), or fails:
+    one line either way, and peak RSS stays under 1 GB."""
+    bomb = _legacy_storage_bomb(tmp_path / "legacy-bomb.pt", numel)
+    assert bomb.stat().st_size < 1024
+    _assert_one_line_under_1gb(tmp_path, "could not be read", "teacher-info", str(bomb))
 
 
 def test_yaml_alias_bomb_is_one_line(tmp_path: Path, reference_lake: Path) -> None:
