@@ -178,6 +178,9 @@ def _verify_shard(
     where = f"{split}/{shard}"
     out = [Finding("error", where, f"index: {p}; re-extract the shard")
            for p in sa.index.consistency_problems()]
+    vocab = meta.teacher.ctc_vocab
+    out += [Finding("error", where, f"index: {p}; re-extract the shard")
+            for p in sa.index.ctc_problems(None if vocab is None else len(vocab))]
     located = sa.location_problem(split, shard)
     if located:
         out.append(Finding("error", where, f"{located}; re-extract the shard"))

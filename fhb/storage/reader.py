@@ -33,6 +33,7 @@ from fhb.storage.schema import (
     LakeMeta,
     ShardAttrs,
     ShardIndex,
+    ctc_label_problem,
     is_committed,
     layer_array_name,
     scale_array_name,
@@ -536,10 +537,18 @@ class SplitView:
         lake whose teacher is not a CTC model."""
         e = self.entry(utt_id)
         labels = self._shards[e.shard].index.ctc_labels
-        if labels is None and self.meta.teacher.ctc_vocab is not None:
-            raise FhbError(f"split {self.name!r}, shard {e.shard!r}: expected the column ctc_labels (the lake's "
-                           f"teacher is a CTC model), found none; re-extract the shard")
-        return None if labels is None else labels[e.row]
+        vocab = self.meta.teacher.ctc_vocab
+        where = f"split {self.name!r}, shard {e.shard!r}"
+        if labels is None and vocab is not None:
+            raise FhbError(f"{where}: expected the column ctc_labels (the lake's teacher is a CTC model), found none; "
+                           f"re-extract the shard")
+        if labels is None or vocab is None:
+            return None
+        problem = ctc_label_problem(labels[e.row], len(vocab))
+        if problem:
+            raise FhbError(f"{where}: ctc_labels of {utt_id!r}: {problem}; the shard is damaged: run `fhb verify` and "
+                           f"re-extract it")
+        return labels[e.row]
 
     def speaker(self, utt_id: str) -> str:
         """Speaker id of ``utt_id`` (string)."""

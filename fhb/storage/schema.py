@@ -823,6 +823,29 @@ class ShardIndex:
             problems.append(f"duplicate utterance ids {dup[:5]}")
         return problems
 
+    def ctc_problems(self, vocab_size: int | None) -> list[str]:
+        """The `CTC_LABELS_COLUMN` against the lake's teacher (``vocab_size`` symbols of its
+        ``ctc_vocab``; None: not a CTC teacher): present exactly when the teacher is a CTC model,
+        every id a symbol (`ctc_label_problem`). Problems as sentences."""
+        if vocab_size is None:
+            return [] if self.ctc_labels is None else [
+                f"found the column {CTC_LABELS_COLUMN}, expected none (the lake's teacher is not a CTC model)"]
+        if self.ctc_labels is None:
+            return [f"expected the column {CTC_LABELS_COLUMN} (the lake's teacher is a CTC model), found none"]
+        for utt, labels in zip(self.utt_ids, self.ctc_labels):
+            problem = ctc_label_problem(labels, vocab_size)
+            if problem:
+                return [f"{CTC_LABELS_COLUMN} of {utt!r}: {problem}"]
+        return []
+
+
+def ctc_label_problem(labels: Sequence[int], vocab_size: int) -> str | None:
+    """Why ``labels`` (one utterance's stored greedy CTC labels) cannot be a CTC teacher's of
+    ``vocab_size`` symbols, or None: every id is a symbol other than the blank (0, which greedy
+    decoding drops)."""
+    bad = [k for k in labels if not 0 < k < vocab_size]
+    return f"expected ids 1..{vocab_size - 1} (0 is the blank, never stored), found {bad[:5]}" if bad else None
+
 
 @dataclass(frozen=True)
 class ShardAttrs:

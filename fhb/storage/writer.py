@@ -49,6 +49,7 @@ from fhb.storage.schema import (
     TRASH_PREFIX,
     ZARR_JSON,
     LakeMeta,
+    ctc_label_problem,
     ShardAttrs,
     ShardIndex,
     SplitInfo,
@@ -537,9 +538,9 @@ class ShardWriter:
             raise FhbError(
                 f"{what}: expected {'no CTC labels (the teacher is not a CTC model)' if vocab is None else 'the teacher greedy CTC labels'}, "
                 f"found {'none' if labels is None else 'some'}; pass ctc_labels= exactly for a CTC teacher's lake")
-        if labels is not None and vocab is not None and any(not 0 <= int(k) < len(vocab) for k in labels):
-            raise FhbError(f"{what}: CTC labels expected ids in 0..{len(vocab) - 1}, found {sorted(set(labels))[-1]}; "
-                           f"fix the labels")
+        problem = None if labels is None or vocab is None else ctc_label_problem([int(k) for k in labels], len(vocab))
+        if problem:
+            raise FhbError(f"{what}: CTC labels {problem}; fix the labels")
 
     def skip(self, utt_id: str, path: str, reason: str) -> None:
         """Record an utterance that was not stored (listed in the shard's ``skipped``)."""
