@@ -129,6 +129,31 @@ def test_lock_written_by_an_older_fhb_is_judged_by_its_pid(tmp_path: Path, sleep
         pass
 
 
+def test_without_flock_a_dead_lock_is_not_taken_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A filesystem without ``flock`` (some network mounts answer ENOLCK) cannot serialise two
+    takers: a provably dead holder's lock is then left alone, and the one line says it is stale
+    and names ``fhb unlock``; where ``flock`` works, the same lock is taken over."""
+    import errno
+    import fcntl
+
+    def no_flock(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    record = _record(_dead_pid())
+    (lake / ".fhb.lock").write_text(record)
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    with pytest.raises(FhbError) as refused:
+        LakeLock(lake).acquire()
+    msg = str(refused.value)
+    assert "has a stale lock" in msg and "no flock" in msg and f"fhb unlock {lake}" in msg and "\n" not in msg
+    assert (lake / ".fhb.lock").read_text() == record
+    monkeypatch.undo()
+    with LakeLock(lake):  # with flock back, the same lock is taken over
+        assert read_lock(lake).pid == os.getpid()
+
+
 def test_a_lock_being_written_is_not_reported_unreadable(tmp_path: Path, sleeper: Any) -> None:
     """The holder creates its lock file and then writes the record; an acquirer (or a reader) that
     finds it still empty, because the holder was descheduled in between, waits for the record and
