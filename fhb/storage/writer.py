@@ -121,7 +121,7 @@ def create_lake(path: str | os.PathLike[str], meta: LakeMeta, overwrite: bool = 
                 existing = merged
             for s in existing.splits:
                 _ensure_split_group(p, s)
-            logger.info("reopening lake %s to resume (%d splits)", p, len(existing.splits))
+            logger.info("reopening lake %s (%d splits; its committed shards are kept)", p, len(existing.splits))
             return existing
         if not overwrite:
             raise FhbError(
