@@ -6,9 +6,16 @@ import logging
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.progress import Progress, ProgressColumn
 
 console = Console(stderr=True)
 """The terminal: progress bars, tables and logs go to stderr, results to stdout."""
+
+
+def transient_progress(*columns: ProgressColumn) -> Progress:
+    """A progress bar on fhb's console that disappears when done, shown only on a terminal (rich
+    would leave a blank line in a log or a pipe, before a command's one error line)."""
+    return Progress(*columns, console=console, transient=True, disable=not console.is_terminal)
 
 
 def setup_logging(verbose: bool = False) -> None:

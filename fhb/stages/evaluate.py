@@ -43,9 +43,9 @@ def _progress(show: bool, loader: LakeLoader, max_batches: int | None) -> Iterat
     if not show:
         yield None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from fhb.pipeline.logging_setup import console
+    from fhb.pipeline.logging_setup import transient_progress
 
     try:
         total: int | None = len(loader)
@@ -54,7 +54,7 @@ def _progress(show: bool, loader: LakeLoader, max_batches: int | None) -> Iterat
     if max_batches is not None and total is not None:
         total = min(total, max_batches)
     columns = (TextColumn("evaluate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    with transient_progress(*columns) as progress:
         task = progress.add_task("evaluate", total=total)
         yield lambda done: progress.update(task, completed=done)
 

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fhb.errors import FhbError
-from fhb.pipeline.logging_setup import console
+from fhb.pipeline.logging_setup import console, transient_progress
 from fhb.stages.extract import ExtractSummary, ShardResult
 from fhb.storage.integrity import LakeSummary, summarize_lake, verify_lake
 from fhb.storage.layout import dir_size
@@ -130,7 +130,7 @@ def verify(path: Path) -> int:
             total = None  # verify_lake reports the damage
     columns = (TextColumn("verify {task.fields[shard]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    with transient_progress(*columns) as progress:
         task = progress.add_task("verify", total=total, shard="")
         findings = verify_lake(path, on_shard=lambda where: progress.update(task, advance=1, shard=where))
     errors = [f for f in findings if f.severity == "error"]

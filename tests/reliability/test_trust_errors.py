@@ -111,6 +111,18 @@ def test_verbose_shows_the_traceback_of_a_user_error(reference_lake: Path, tmp_p
     assert len(loud.error_lines) == 1
 
 
+def test_off_a_terminal_verify_and_evaluate_print_no_blank_line(tmp_path: Path, small_run: Path,
+                                                                reference_lake: Path, cli: Any) -> None:
+    """Off a terminal (a log, a pipe) their progress bars stay hidden: a refused ``verify`` prints
+    its one error line and nothing else, and ``evaluate`` no blank line among its log lines."""
+    not_a_lake = tmp_path / "empty"
+    not_a_lake.mkdir()
+    refused = cli("verify", str(not_a_lake))
+    assert refused.code == 2 and refused.stderr.splitlines() == refused.error_lines, refused.stderr
+    done = cli("evaluate", str(small_run), "--cache", str(reference_lake))
+    assert done.code == 0 and "" not in done.stderr.splitlines(), done.stderr
+
+
 def test_verify_and_evaluate_report_progress(reference_lake: Path, small_run: Path, cli: Any,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """``fhb verify`` advances a bar per listed shard; ``fhb evaluate`` per batch (they take hours on 960 h)."""
