@@ -9,6 +9,8 @@
   failure or a kill, and the next build of the same folder continues it.
 
 - `sha256_file`: the hex sha256 of a file's bytes (teachers, checkpoints, stored weights).
+- `read_small`: a small metadata file's bytes, refusing a FIFO, device or directory in its place
+  (without blocking on it) and a file over a size limit.
 
 The lake's shards have their own commit protocol (`fhb.storage`). Standard library only (torch
 is imported by `atomic_torch_save` alone), so every layer may use this module.
@@ -26,6 +28,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -45,6 +48,11 @@ __all__ = [
     "foreign_entries",
     "fsync_dir",
     "read_manifest",
+    "check_regular_if_present",
+    "file_kind",
+    "not_regular_error",
+    "open_regular",
+    "read_small",
     "sha256_file",
     "write_manifest",
 ]
@@ -61,6 +69,74 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: f.read(_HASH_BLOCK), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def file_kind(mode: int) -> str:
+    """What a ``st_mode`` names, in words (``a directory``, ``a FIFO (named pipe)``, ...)."""
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def not_regular_error(path: str | os.PathLike[str], mode: int, what: str, fix: str) -> FhbError:
+    """The one-line error for ``what`` at ``path`` being ``mode``'s kind instead of a regular file."""
+    return FhbError(f"{what} {path}: expected a regular file, found {file_kind(mode)}; {fix}")
+
+
+def check_regular_if_present(path: str | os.PathLike[str], what: str, fix: str) -> None:
+    """Raise `not_regular_error` when ``path`` exists (symlinks followed) and is not a regular
+    file: for files another library will open (zarr's metadata), which a FIFO would block and a
+    device never end."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if not stat.S_ISREG(mode):
+        raise not_regular_error(path, mode, what, fix)
+
+
+def open_regular(path: str | os.PathLike[str], what: str, fix: str) -> tuple[int, os.stat_result]:
+    """``(fd, stat)`` of the regular file ``path`` opened for reading, never blocking on a FIFO;
+    `not_regular_error` for anything else (the fd is closed then). The caller closes the fd."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise not_regular_error(path, st.st_mode, what, fix)
+    return fd, st
+
+
+def read_small(path: str | os.PathLike[str], limit: int, what: str,
+               fix: str = "check the path (fhb reads only regular files there)") -> bytes:
+    """The bytes of the regular file ``path`` (symlinks followed), refusing what is not one.
+
+    Metadata fhb reads (configs, lock records, manifests, ``zarr.json``) is small: a FIFO, device,
+    socket or directory in its place (``--config /dev/zero``, a FIFO planted as a lake's lock
+    file) is refused without blocking on it or reading from it, and a file over ``limit`` bytes
+    without reading past the limit: one `FhbError` naming ``what``, the path, what was found and
+    ``fix``.
+    `FileNotFoundError`, `NotADirectoryError` and `PermissionError` propagate as from `open`: the
+    caller knows what a missing file means.
+    """
+    fd, st = open_regular(path, what, fix)
+    try:
+        if st.st_size > limit:
+            raise FhbError(f"{what} {path}: expected at most {limit} bytes, found {st.st_size}; {fix}")
+        chunks, left = [], limit + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, st.st_size + 1, 1 << 20) or 1)  # os.read allocates what it is asked
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > limit:
+        raise FhbError(f"{what} {path}: expected at most {limit} bytes, found more (it grew while read); {fix}")
+    return data
 
 
 def fsync_dir(d: Path) -> None:
@@ -118,9 +194,9 @@ MANIFEST = ".fhb-manifest.json"
 def read_manifest(folder: Path) -> tuple[str, frozenset[str]] | None:
     """``(kind, entries)`` of the manifest `build_beside` left in ``folder``, or None (absent or unreadable)."""
     try:
-        record = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+        record = json.loads(read_small(Path(folder) / MANIFEST, 1 << 20, "manifest").decode("utf-8"))
+    except (OSError, ValueError, FhbError):
+        return None  # absent, unreadable or not one fhb wrote: the folder is not recognised as fhb's
     if not isinstance(record, dict) or record.get("tool") != "fhb" or not isinstance(record.get("entries"), list):
         return None
     return str(record.get("kind", "")), frozenset(str(e) for e in record["entries"])

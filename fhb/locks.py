@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fhb.errors import FhbError
+from fhb.files import read_small
 
 logger = logging.getLogger(__name__)
 
@@ -198,17 +199,23 @@ holder creates it (``O_EXCL``) and then writes its record, and a process desched
 (a loaded machine) must not have its live lock reported as damaged."""
 
 
+LOCK_MAX_BYTES = 1 << 16
+"""The largest lock record (or reader lease) fhb reads; its own are under 1 kB."""
+
+
 def read_lock(folder: str | os.PathLike[str]) -> LockInfo | None:
     """The current holder of the folder's lock, None when unlocked, `UNREADABLE` when unparsable.
 
     A lock file just created whose record is not written yet is read again until it is (at most
     `SETTLE_SECONDS` after its creation); an older unparsable one (a crash between create and
-    write, or damage) is `UNREADABLE` at once.
+    write, or damage) is `UNREADABLE` at once. Something else in its place (a directory, a FIFO,
+    a device, a file over `LOCK_MAX_BYTES`) is `FhbError` naming it (`fhb.files.read_small`).
     """
     path = lock_path(folder)
     while True:
         try:
-            text = path.read_text()
+            text = read_small(path, LOCK_MAX_BYTES, "lock file", "fhb only ever writes a small regular file there: if "
+                              "no fhb process is using the folder, remove it by hand").decode("utf-8", errors="replace")
             age = time.time() - path.stat().st_mtime
         except (FileNotFoundError, NotADirectoryError):
             return None

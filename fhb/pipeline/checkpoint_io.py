@@ -405,6 +405,11 @@ def _check_file(path: Path, expected: str = _EXPECTED) -> None:
         raise CheckpointError(
             f"checkpoint {path} is a directory; {expected} (a .pt file); pass the file inside it"
         )
+    if not path.is_file():  # a FIFO would block the read below, a device never end
+        raise CheckpointError(
+            f"checkpoint {path} is {files.file_kind(path.stat().st_mode)}; {expected} (a regular .pt file); "
+            "check the path"
+        )
     with open(path, "rb") as handle:
         magic = handle.read(len(_ZIP_MAGIC))
     if not magic:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from fhb.errors import FhbError
-from fhb.files import check_out_apart
+from fhb.files import check_out_apart, file_kind
 from fhb.pipeline.audio import AudioError, load_audio_int16
 from fhb.pipeline.corpus import Manifest, scan_librispeech
 from fhb.pipeline.ctc_targets import greedy_labels
@@ -317,7 +317,9 @@ def run_extract(
             raise FhbError(f"--codec {dtype} with --cnn-features: expected CNN features in a float16/bfloat16/int8/"
                            f"float32 lake only (fitted codecs encode the layers); drop one of the two")
     if not Path(teacher).is_file():
-        raise FhbError(f"--teacher {teacher}: no such file; pass a fairseq HuBERT/wav2vec 2.0 checkpoint (.pt)")
+        found = file_kind(Path(teacher).stat().st_mode) if Path(teacher).exists() else "no such file"
+        raise FhbError(f"--teacher {teacher}: expected a checkpoint file, found {found}; pass a fairseq HuBERT/"
+                       "wav2vec 2.0 checkpoint (.pt)")
     check_out_apart(Path(out), {"--teacher": Path(teacher), "--libri-root": Path(libri_root)}, "extract")
     started = time.perf_counter()
     workers = default_workers() if workers is None else workers

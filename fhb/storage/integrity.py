@@ -15,6 +15,7 @@ import zarr
 from zarr.storage import LocalStore
 
 from fhb.errors import FhbError
+from fhb.files import check_regular_if_present
 from fhb.storage.schema import (
     AUDIO_ARRAY,
     TEACHER_DIR,
@@ -198,6 +199,12 @@ def _verify_shard(
     store = LocalStore(root, read_only=True)
     for exp in shard_arrays(meta, sa.index.total_frames, sa.index.total_samples):
         aw = f"{where}/{exp.name}"
+        try:
+            check_regular_if_present(root / split / shard / exp.name / ZARR_JSON, "array metadata",
+                                     "re-extract the shard")
+        except FhbError as e:  # zarr would block on a FIFO there
+            out.append(Finding("error", aw, str(e)))
+            continue
         try:
             arr = zarr.open_array(store=store, path=f"{split}/{shard}/{exp.name}", mode="r",
                                   zarr_format=3)

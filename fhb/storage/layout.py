@@ -14,16 +14,24 @@ from pathlib import Path
 from typing import Any
 
 from fhb.errors import FhbError
+from fhb.files import read_small
 from fhb.storage.schema import TMP_PREFIX, TRASH_PREFIX, ZARR_JSON, is_committed
 
 logger = logging.getLogger(__name__)
 
+NODE_JSON_MAX_BYTES = 1 << 28
+"""The largest ``zarr.json`` fhb reads (a shard's holds its index: about 1 MB per hour of audio)."""
+
+
 def read_node_attrs(node_dir: Path) -> dict[str, Any] | None:
-    """Attributes of the zarr node at ``node_dir``, or None if it has no (readable) zarr.json."""
+    """Attributes of the zarr node at ``node_dir``, or None if it has no (readable) zarr.json.
+
+    A ``zarr.json`` that is not a regular file (a FIFO, a device) or is over `NODE_JSON_MAX_BYTES`
+    is `FhbError` naming it (`fhb.files.read_small`): it is never blocked on or read whole.
+    """
     try:
-        with open(node_dir / ZARR_JSON) as f:
-            meta = json.load(f)
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        meta = json.loads(read_small(node_dir / ZARR_JSON, NODE_JSON_MAX_BYTES, "zarr metadata"))
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
         return None
     attrs = meta.get("attributes", {})
     return attrs if isinstance(attrs, dict) else None

@@ -22,7 +22,8 @@ import os
 from pathlib import Path
 
 from fhb.errors import FhbError
-from fhb.locks import LockInfo, FolderLock, lock_path, read_lock
+from fhb.files import read_small
+from fhb.locks import LOCK_MAX_BYTES, LockInfo, FolderLock, lock_path, read_lock
 from fhb.locks import break_lock as _break_lock
 
 __all__ = ["READERS_DIR", "LakeLock", "LakeReadLease", "LockInfo", "break_lock", "live_readers", "lock_path",
@@ -88,11 +89,11 @@ def live_readers(lake_path: str | os.PathLike[str], prune: bool = False) -> list
     found = []
     for entry in entries:
         try:
-            info = LockInfo.from_dict(json.loads(entry.read_text()))
+            info = LockInfo.from_dict(json.loads(read_small(entry, LOCK_MAX_BYTES, "reader lease")))
         except FileNotFoundError:
             continue
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # being written this instant, or damaged: not a proof of a reader
+        except (OSError, ValueError, KeyError, TypeError, FhbError):
+            continue  # being written this instant, damaged, or not a lease fhb wrote: not a proof of a reader
         dead = info.dead_because()
         if dead is not None:
             if prune:

@@ -39,6 +39,7 @@ from fhb.storage.schema import (
     scale_array_name,
     shard_arrays,
 )
+from fhb.files import check_regular_if_present, open_regular
 from fhb.storage.layout import local_lake_dir
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,8 @@ class ShardView:
         """The zarr array ``name`` of this shard (opened once, then cached)."""
         arr = self._arrays.get(name)
         if arr is None:
+            _check_local_node(self._store, f"{self.split}/{self.name}/{name}",
+                              f"shard {self.split}/{self.name}, array {name}:")
             try:
                 arr = zarr.open_array(
                     store=self._store, path=f"{self.split}/{self.name}/{name}", mode="r",
@@ -400,8 +403,10 @@ class ArrayRows:
         coords = (i,) + (0,) * (self.array.ndim - 1)
         path = self._dir / self.array.metadata.encode_chunk_key(coords)
         try:
-            with open(path, "rb", buffering=0) as f:
-                size = os.fstat(f.fileno()).st_size
+            fd, st = open_regular(path, f"{self.path}: chunk {i}", "the shard is damaged: run `fhb verify` and "
+                                  "re-extract it")
+            with open(fd, "rb", buffering=0) as f:
+                size = st.st_size
                 raw = _local_buffer("raw", size)
                 got = f.readinto(memoryview(raw)[:size])
         except FileNotFoundError:
@@ -638,8 +643,17 @@ def _native_dtype(arr: zarr.Array) -> np.dtype:
     return np.dtype(arr.dtype.to_native_dtype() if hasattr(arr.dtype, "to_native_dtype") else arr.dtype)
 
 
+def _check_local_node(store: Store, node: str, where: str) -> None:
+    """On a local lake, the ``zarr.json`` of ``node`` is a regular file if present (zarr would block
+    on a FIFO in its place, or read a device without end)."""
+    if isinstance(store, LocalStore):
+        check_regular_if_present(Path(store.root) / node / schema.ZARR_JSON, where,
+                                 "the lake is damaged: run `fhb verify` and re-extract the shard")
+
+
 def _read_shard_attrs(store: Store, split: str, shard: str) -> ShardAttrs | None:
     where = f"shard {split}/{shard}"
+    _check_local_node(store, f"{split}/{shard}", f"{where}:")
     try:
         group = zarr.open_group(
             store=store, path=f"{split}/{shard}", mode="r", zarr_format=3, use_consolidated=False

@@ -30,7 +30,7 @@ import numpy as np
 
 from fhb.errors import FhbError
 from fhb.storage.layout import local_lake_dir, read_node_attrs, remove_tree
-from fhb.files import sha256_file
+from fhb.files import read_small, sha256_file
 from fhb.storage.safetensors_file import read_header, read_safetensors, write_safetensors
 from fhb.storage.schema import (
     TEACHER_CONFIG_FILE,
@@ -71,7 +71,7 @@ def _read_meta(root: Path) -> LakeMeta:
 
 def _read_json(path: Path) -> StoredTeacher:
     try:
-        d = json.loads(path.read_text())
+        d = json.loads(read_small(path, 1 << 20, "stored teacher description"))
     except FileNotFoundError:
         raise FhbError(f"{path}: expected the stored teacher's description, found nothing") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

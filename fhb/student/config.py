@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fhb.errors import FhbError
+from fhb.files import read_small
 from fhb.nn.conformer import ATTENTION_KINDS
 from fhb.nn.frames import ConvSpec, parse_conv_layers
 from fhb.nn.mel import MEL_HOP, MEL_WINDOW
@@ -55,6 +56,9 @@ MEL_HEAD_CONV_LAYERS: tuple[ConvSpec, ...] = ((128, 7, 1), (256, 5, 1), (512, 5,
 
 PACKAGED_CONFIGS: tuple[str, ...] = ("fithubert", "fitwav2vec2", "distilhubert", "tiny")
 """Names of the yaml files shipped in :mod:`fhb.configs`."""
+
+CONFIG_MAX_BYTES = 1 << 20
+"""The largest yaml fhb reads as a config (the published ones are ~3 kB)."""
 
 SECTIONS: tuple[str, ...] = ("teacher", "train", "distiller", "optimizer", "data", "specaug")
 
@@ -699,12 +703,10 @@ def load_fithubert_yaml(path: str | Path) -> FitConfig:
         path = Path(str(packaged_config_path(str(path))))
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_small(path, CONFIG_MAX_BYTES, "config").decode("utf-8")
     except FileNotFoundError:
         raise FhbError(f"{path}: config file not found; expected a FitHuBERT yaml; check the path "
                        f"or use one of fhb's packaged configs {list(PACKAGED_CONFIGS)}") from None
-    except IsADirectoryError:
-        raise FhbError(f"{path}: is a directory; expected a FitHuBERT yaml file; pass the file") from None
     except UnicodeDecodeError as exc:
         raise FhbError(f"{path}: expected a UTF-8 yaml file, found undecodable bytes at offset {exc.start}; "
                        f"save the config as UTF-8") from None
