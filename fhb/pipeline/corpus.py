@@ -25,6 +25,7 @@ of LibriSpeech 960 h); more threads do not speed that case up.
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import os
 import re
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fhb.errors import FhbError
+from fhb.files import file_kind, read_small
 from fhb.pipeline.audio import MIN_SAMPLES, SAMPLE_RATE, SHORT_REASON, AudioError, audio_info
 
 __all__ = ["CorpusProblem", "Manifest", "Utterance", "scan_librispeech"]
@@ -42,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 _FLAC = ".flac"
 _TRANS_SUFFIX = ".trans.txt"
+TRANSCRIPT_MAX_BYTES = 1 << 26
+"""The largest chapter transcript fhb reads (LibriSpeech's are a few kB)."""
 _LIBRISPEECH_DIR = "LibriSpeech"
 _LOGGED_PROBLEMS = 20
 
@@ -175,22 +179,23 @@ def _subdirectories(path: Path) -> list[Path]:
 
 
 def _read_transcripts(path: Path) -> dict[str, str]:
-    """Parse ``ID TEXT`` lines; raise :class:`UnicodeDecodeError` for non-UTF-8 files."""
+    """Parse ``ID TEXT`` lines; raise :class:`UnicodeDecodeError` for non-UTF-8 files, `FhbError`
+    for something other than a regular file (`fhb.files.read_small`: a FIFO would block the scan)."""
+    content = read_small(path, TRANSCRIPT_MAX_BYTES, "transcript").decode("utf-8")
     lines: dict[str, str] = {}
-    with open(path, encoding="utf-8") as handle:
-        for number, raw in enumerate(handle, start=1):
-            line = raw.strip()
-            if not line:
-                continue
-            utt_id, _, text = line.partition(" ")
-            if not text:
-                logger.warning("%s:%d: line %r has no text after the id", path, number, line)
-            if utt_id in lines:
-                logger.warning(
-                    "%s:%d: id %s appears twice; keeping the first", path, number, utt_id
-                )
-                continue
-            lines[utt_id] = text.strip()
+    for number, raw in enumerate(io.StringIO(content, newline=None), start=1):  # as text-mode files split lines
+        line = raw.strip()
+        if not line:
+            continue
+        utt_id, _, text = line.partition(" ")
+        if not text:
+            logger.warning("%s:%d: line %r has no text after the id", path, number, line)
+        if utt_id in lines:
+            logger.warning(
+                "%s:%d: id %s appears twice; keeping the first", path, number, utt_id
+            )
+            continue
+        lines[utt_id] = text.strip()
     return lines
 
 
@@ -218,8 +223,8 @@ def _scan_chapter(split: str, chapter_dir: Path, *, check_end: bool) -> _Chapter
         transcripts = _read_transcripts(trans_path)
     except FileNotFoundError:
         transcript_failure = f"no transcript file: expected {trans_path}"
-    except IsADirectoryError:
-        transcript_failure = f"expected a transcript file at {trans_path}, found a directory"
+    except FhbError as error:  # a directory, a FIFO, a device in its place
+        transcript_failure = str(error)
     except UnicodeDecodeError as error:
         transcript_failure = (
             f"transcript {trans_path} is not UTF-8 (byte {error.start}: {error.reason}); "
@@ -229,8 +234,9 @@ def _scan_chapter(split: str, chapter_dir: Path, *, check_end: bool) -> _Chapter
     for entry in flacs:
         path = Path(entry.path)
         utt_id = entry.name[: -len(_FLAC)]
-        if entry.is_dir(follow_symlinks=True):
-            result.problems.append(CorpusProblem(path, "expected a .flac file, found a directory"))
+        if not entry.is_file(follow_symlinks=True) and os.path.exists(path):  # a FIFO would block the decoder
+            found = file_kind(os.stat(path).st_mode)
+            result.problems.append(CorpusProblem(path, f"expected a .flac file, found {found}"))
             continue
         if not utt_id.startswith(prefix) or not re.fullmatch(r"\d+", utt_id[len(prefix) :]):
             result.problems.append(

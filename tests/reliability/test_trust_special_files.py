@@ -3,7 +3,7 @@
 Promise (docs/reliability.md, "Every user error is one line"): a FIFO (whose open or read blocks
 until someone writes to it), a device (``/dev/zero``: a read that never ends, memory until the OOM
 killer) or a directory in the place of a config, a teacher, a lake's lock file, a reader's
-lease, a shard's or an array's ``zarr.json`` or a chunk file is refused with one line naming the
+lease, a shard's or an array's ``zarr.json``, a chunk file, or a corpus' audio file or transcript is refused with one line naming the
 path and what was found (``verify``: a finding), within the subprocess timeout. Every case runs
 ``fhb`` in a subprocess, so a hang fails the test instead of stalling the suite.
 """
@@ -18,7 +18,7 @@ import pytest
 
 from fhb.storage.lock import READERS_DIR, live_readers
 
-from .conftest import TRACEBACK, assert_user_error, fhb_subprocess, small_distill_args
+from .conftest import TRACEBACK, assert_user_error, extract_args, fhb_subprocess, small_distill_args
 
 TIMEOUT = 120
 
@@ -87,3 +87,15 @@ def test_lake_file_that_is_a_fifo(where: str, reference_lake: Path, small_run: P
     assert verified.code != 0 and TRACEBACK not in verified.stderr, verified.stderr[-3000:]
     assert any(line.startswith("error:") and shard.name in line for line in verified.stderr.splitlines()), \
         verified.stderr[-3000:]
+
+
+@pytest.mark.parametrize("which", ["flac", "transcript"])
+def test_corpus_file_that_is_a_fifo(which: str, corpus_copy: Path, tiny_teacher_path: Path, tmp_path: Path) -> None:
+    """The decoder would block on a FIFO ``.flac``, the scan on a FIFO ``.trans.txt``: one line
+    naming it instead, and no lake."""
+    chapter = next(p.parent for p in sorted(corpus_copy.rglob("*.flac")))
+    target = sorted(chapter.glob("*.flac"))[0] if which == "flac" else next(chapter.glob("*.trans.txt"))
+    _fifo(target)
+    extracted = fhb_subprocess(*extract_args(tiny_teacher_path, corpus_copy, tmp_path / "lake"), timeout=TIMEOUT)
+    assert_user_error(extracted, target.name, "a FIFO")
+    assert not (tmp_path / "lake").exists()
