@@ -129,7 +129,11 @@ class LakeReadLease:
         except OSError as exc:
             logger.warning("cannot register as a reader of %s (%s); a writer started now would not be refused",
                            self.lake_path, exc.strerror or exc)
-        writer = read_lock(self.lake_path)
+        try:
+            writer = read_lock(self.lake_path)
+        except FhbError:  # not a lock file in its place: leave no lease behind
+            self._leave()
+            raise
         if writer is not None and writer.pid != os.getpid():
             dead = writer.dead_because()
             if dead is not None:

@@ -61,7 +61,7 @@ def test_lock_file_that_is_not_a_file(kind: str, reference_lake: Path, small_run
                  ("evaluate", str(small_run), "--cache", str(lake)),
                  ("unlock", str(lake))):
         assert_user_error(fhb_subprocess(*args, timeout=TIMEOUT), str(lock), found, "remove it by hand")
-    assert lock.exists()
+    assert lock.exists() and not (lake / READERS_DIR).exists()  # the refused reader left no lease
 
 
 def test_reader_lease_that_is_a_fifo_is_no_reader(reference_lake: Path, tmp_path: Path) -> None:
