@@ -138,7 +138,7 @@ def _install_lake_ops() -> None:
         _originals["rmtree"](path, *a, **kw)
 
     def open_(path: Any, flags: int, *a: Any, **kw: Any) -> int:
-        if _is_lock(path):
+        if _is_lock(path) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):  # reading a lock writes nothing
             _op(f"write lock {path}")
         return _originals["open"](path, flags, *a, **kw)
 
