@@ -27,6 +27,7 @@ import numpy as np
 import soundfile as sf
 
 from fhb.errors import FhbError
+from fhb.files import file_kind
 
 __all__ = [
     "SAMPLE_RATE",
@@ -90,10 +91,8 @@ def _check_is_file(path: Path) -> None:
             "expected an audio file, found a directory",
             "remove or rename the directory, or point fhb at the file inside it",
         )
-    if not stat.S_ISREG(mode):
-        raise AudioError(
-            path, "expected a regular audio file, found a special file", "point fhb at a file"
-        )
+    if not stat.S_ISREG(mode):  # a FIFO would block the decoder, a device never end
+        raise AudioError(path, f"expected a regular audio file, found {file_kind(mode)}", "point fhb at a file")
 
 
 def _unreadable(path: Path, error: sf.SoundFileError | OSError) -> AudioError:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fhb.errors import FhbError
-from fhb.files import file_kind, read_small
+from fhb.files import read_small
 from fhb.pipeline.audio import MIN_SAMPLES, SAMPLE_RATE, SHORT_REASON, AudioError, audio_info
 
 __all__ = ["CorpusProblem", "Manifest", "Utterance", "scan_librispeech"]
@@ -234,9 +234,8 @@ def _scan_chapter(split: str, chapter_dir: Path, *, check_end: bool) -> _Chapter
     for entry in flacs:
         path = Path(entry.path)
         utt_id = entry.name[: -len(_FLAC)]
-        if not entry.is_file(follow_symlinks=True) and os.path.exists(path):  # a FIFO would block the decoder
-            found = file_kind(os.stat(path).st_mode)
-            result.problems.append(CorpusProblem(path, f"expected a .flac file, found {found}"))
+        if entry.is_dir(follow_symlinks=True):
+            result.problems.append(CorpusProblem(path, "expected a .flac file, found a directory"))
             continue
         if not utt_id.startswith(prefix) or not re.fullmatch(r"\d+", utt_id[len(prefix) :]):
             result.problems.append(
