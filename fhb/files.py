@@ -126,7 +126,7 @@ def read_small(path: str | os.PathLike[str], limit: int, what: str,
             raise FhbError(f"{what} {path}: expected at most {limit} bytes, found {st.st_size}; {fix}")
         chunks, left = [], limit + 1
         while left > 0:
-            chunk = os.read(fd, min(left, st.st_size + 1, 1 << 20) or 1)  # os.read allocates what it is asked
+            chunk = os.read(fd, min(left, st.st_size + 1, 1 << 20))  # os.read allocates what it is asked
             if not chunk:
                 break
             chunks.append(chunk)
