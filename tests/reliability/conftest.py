@@ -9,11 +9,13 @@ interrupted runs must equal array for array.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +103,28 @@ def fhb_popen(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen
     """Start ``python -m fhb.cli ARGS`` (stdout/stderr piped)."""
     return subprocess.Popen([sys.executable, "-m", "fhb.cli", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200", **(env or {})})
+
+
+@contextlib.contextmanager
+def paused_fhb(args: Sequence[str], point: int, tmp_path: Path, **env: str) -> Iterator[subprocess.Popen[str]]:
+    """``fhb ARGS`` in a subprocess that pauses for good at fault operation ``point`` (`faults`,
+    ``pause``; ``env`` adds e.g. ``FHB_FAULT_OPS``); yields it once it is there. Leaving the block
+    SIGKILLs it (the crash the test means) and reaps it."""
+    from . import faults
+
+    log = tmp_path / "ops.log"
+    proc = fhb_popen(*args, env={"FHB_FAULT": f"pause:{point}", "FHB_FAULT_LOG": str(log),
+                                 "PYTHONPATH": str(faults.sitecustomize_dir(tmp_path / "site")), **env})
+    try:
+        deadline = time.monotonic() + 120
+        while not (log.exists() and len(log.read_text().splitlines()) >= point):
+            assert time.monotonic() < deadline and proc.poll() is None, f"fhb {args[0]} did not reach operation {point}"
+            time.sleep(0.05)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=60)
 
 
 def assert_same_lake(a: Path, b: Path) -> None:

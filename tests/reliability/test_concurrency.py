@@ -24,13 +24,13 @@ import pytest
 
 from fhb.storage.lock import read_lock
 
-from . import faults
 from .conftest import (
     TRACEBACK,
     assert_same_lake,
     assert_user_error,
     extract_args,
     fhb_popen,
+    paused_fhb,
     lake_files,
     operation_number,
     verify_errors,
@@ -98,25 +98,14 @@ def test_running_extraction_refuses_a_second_one(
 ) -> None:
     """A real ``fhb extract``, paused mid-shard, holds the lake: a second run is refused, naming it."""
     lake = tmp_path / "lake"
-    log = tmp_path / "ops.log"
     point = operation_number(operations, "chunk-of-second-shard")
-    env = {"FHB_FAULT": f"pause:{point}", "FHB_FAULT_LOG": str(log),
-           "PYTHONPATH": str(faults.sitecustomize_dir(tmp_path / "site"))}
     args = extract_args(tiny_teacher_path, libri_root, lake)
-    first = fhb_popen(*args, env=env)
-    try:
-        _wait_for(lambda: log.exists() and len(log.read_text().splitlines()) >= point, "the first run to pause")
+    with paused_fhb(args, point, tmp_path) as first:  # SIGKILLed when the block ends
         committed = sorted(p.name for p in lake.glob("*/shard-*"))
         second = cli(*args)
         line = assert_user_error(second, f"is locked by pid {first.pid}", "wait for it to finish")
         assert f"cli.py extract --teacher {tiny_teacher_path}" in line  # the holder's command line
         assert sorted(p.name for p in lake.glob("*/shard-*")) == committed
-        first.send_signal(signal.SIGKILL)
-        first.communicate(timeout=60)
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
     rerun = cli(*args)  # the dead run's lock is taken over: no `fhb unlock` needed
     assert rerun.code == 0, rerun.stderr[-3000:]
     assert f"taking over the lock of pid {first.pid}" in rerun.stderr

@@ -32,7 +32,7 @@ from fhb.locks import LockInfo, process_start
 from fhb.storage.lock import READERS_DIR, LakeLock, LakeReadLease, read_lock
 
 from . import faults
-from .conftest import TRACEBACK, assert_user_error, fhb_popen, small_distill_args
+from .conftest import TRACEBACK, assert_user_error, paused_fhb, small_distill_args
 
 _ENV = {**os.environ, "PYTHONPATH": str(Path(__import__("fhb").__file__).resolve().parents[1])}
 
@@ -276,15 +276,8 @@ def test_run_directory_is_locked_and_a_killed_distill_is_resumed(reference_lake:
     lake = reference_lake
     point = _latest_op(tmp_path, lake)
     run = tmp_path / "run"
-    log = tmp_path / "ops.log"
-    env = {"FHB_FAULT": f"pause:{point}", "FHB_FAULT_OPS": "run", "FHB_FAULT_LOG": str(log),
-           "PYTHONPATH": str(faults.sitecustomize_dir(tmp_path / "site")), "OMP_NUM_THREADS": "1"}
-    first = fhb_popen(*small_distill_args(lake, run), env=env)
-    try:
-        deadline = time.monotonic() + 120
-        while not (log.exists() and len(log.read_text().splitlines()) >= point):
-            assert time.monotonic() < deadline and first.poll() is None, "the run did not reach the pause"
-            time.sleep(0.05)
+    with paused_fhb(small_distill_args(lake, run), point, tmp_path, FHB_FAULT_OPS="run",
+                    OMP_NUM_THREADS="1") as first:  # SIGKILLed when the block ends
         for extra in ((), ("--resume",)):
             line = assert_user_error(cli(*small_distill_args(lake, run, *extra)),
                                      f"run directory {run} is locked by pid {first.pid}", "wait for it to finish")
@@ -294,12 +287,6 @@ def test_run_directory_is_locked_and_a_killed_distill_is_resumed(reference_lake:
         assert evaluated.code == 0 and TRACEBACK not in evaluated.stderr, evaluated.stderr[-3000:]
         exported = cli("export-s3prl", "--run", str(run), "--out", str(tmp_path / "export"))
         assert exported.code == 0, exported.stderr[-3000:]
-        first.send_signal(signal.SIGKILL)
-        first.communicate(timeout=60)
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
     assert read_lock(run) is not None and read_lock(run).pid == first.pid  # left behind by the kill
     resumed = cli(*small_distill_args(lake, run, "--resume"))
     assert resumed.code == 0, resumed.stderr[-3000:]

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +28,7 @@ from .conftest import (
     assert_same_lake,
     assert_user_error,
     extract_args,
-    fhb_popen,
+    paused_fhb,
     run_extract_quiet,
     verify_errors,
 )
@@ -102,26 +100,12 @@ def test_killed_overwrite_leaves_the_old_lake_and_the_rerun_continues_it(
     renames = [i for i, op in enumerate(log, 1) if op.startswith("rename ") and f"{PARTIAL}/" in op and "/_tmp_shard" in op]
     point = renames[2]  # two shards of the new lake committed, the third about to be
     args = extract_args(tiny_teacher_path, libri_root, old_lake, "--overwrite", "--layers", "1")
-    ops = tmp_path / "ops.log"
-    env = {"FHB_FAULT": f"pause:{point}", "FHB_FAULT_LOG": str(ops),
-           "PYTHONPATH": str(faults.sitecustomize_dir(tmp_path / "site"))}
-    proc = fhb_popen(*args, env=env)
-    try:
-        deadline = time.monotonic() + 120
-        while not (ops.exists() and len(ops.read_text().splitlines()) >= point):
-            assert time.monotonic() < deadline and proc.poll() is None, "the overwrite did not reach the pause"
-            time.sleep(0.05)
+    with paused_fhb(args, point, tmp_path) as proc:  # SIGKILLed when the block ends
         # paused mid-overwrite: readers and other writers of the old lake are refused ...
         assert_user_error(cli("evaluate", str(small_run), "--cache", str(old_lake)), "is being written by",
                           f"pid {proc.pid}")
         assert_user_error(cli(*args), f"is locked by pid {proc.pid}")
         assert_same_lake(reference_lake, old_lake)  # ... and it is intact
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     # killed: the old lake is intact, readable and verifies; the partial new lake waits beside it
     assert_same_lake(reference_lake, old_lake)
     assert not verify_errors(old_lake)
