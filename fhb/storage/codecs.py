@@ -190,6 +190,12 @@ class TargetCodec:
             )
         ]
 
+    def scale_rows(self, start: int, stop: int) -> tuple[int, int]:
+        """Rows ``[s0, s1)`` of a ``<name>_scale`` array that cover frames ``start:stop`` (int8,
+        ``stop > start``)."""
+        b = self.scale_block_frames or self.chunk_frames
+        return start // b, (stop - 1) // b + 1
+
     def num_blocks(self, num_frames: int) -> int:
         """Scale blocks covering ``num_frames`` frames (int8)."""
         assert self.scale_block_frames is not None

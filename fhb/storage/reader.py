@@ -207,8 +207,7 @@ class ShardView:
             return fitted.decode(data, out=out)
         scales = None
         if self.codec.has_scales:
-            b = self.codec.scale_block_frames or self.codec.chunk_frames
-            scales = self.read_checked(scale_array_name(name), start // b, (stop - 1) // b + 1)
+            scales = self.read_checked(scale_array_name(name), *self.codec.scale_rows(start, stop))
         return self.codec.decode(data, scales, first_frame=start, out=out)
 
     def read_checked(self, name: str, start: int, stop: int) -> np.ndarray:

@@ -437,8 +437,7 @@ class _WindowReader:
         for r in quantised:
             codec: TargetCodec = self._shard(r.source).codec
             t, d = r.out.shape
-            block = codec.scale_block_frames or codec.chunk_frames
-            s0, s1 = r.start // block, (r.start + t - 1) // block + 1
+            s0, s1 = codec.scale_rows(r.start, r.start + t)
             q_at = pos
             pos += -(-t * d // _ALIGN) * _ALIGN
             plans.append((r, codec, s0, s1, q_at, pos))
